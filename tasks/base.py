@@ -1,0 +1,36 @@
+"""The task interface: a named, parameterised builder of (train, eval) datasets and an answer checker."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import datasets
+from pydantic import BaseModel
+
+
+class Task(ABC):
+    """A task: ``build`` makes seeded, disjoint train/eval sets; ``is_correct`` and ``gold`` judge rows.
+
+    Rows hold a chat ``prompt`` (list of role/content dicts), a canonical ``problem_id`` and the
+    columns the task's rewards read.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+    default_rewards: ClassVar[list[dict[str, Any]]]
+
+    def __init__(self, params: BaseModel):
+        self.params = params
+
+    @abstractmethod
+    def build(self, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """(train, eval) for ``seed``: eval is drawn first; train holds no eval problem."""
+
+    @abstractmethod
+    def is_correct(self, completion: str, row: dict[str, Any]) -> bool:
+        """Whether ``completion`` answers the problem in ``row``."""
+
+    @abstractmethod
+    def gold(self, row: dict[str, Any]) -> str:
+        """A correct completion for ``row`` in the format the prompt asks for."""

@@ -1,0 +1,74 @@
+"""Small sums: "What is a + b?" -- the easy task a 135M model can learn on a CPU."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import datasets
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rewards.parsing import last_number
+from tasks.base import Task
+from tasks.registry import register
+from tasks.sampling import Problem, draw_split
+
+MIN_TRAIN_PROBLEMS = 8
+
+
+class SmallSumsParams(BaseModel):
+    """Operand range and term count; eval_size must leave at least 8 distinct training problems."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_operand: int = Field(1, ge=0)
+    max_operand: int = Field(9, le=10**6)
+    num_terms: int = Field(2, ge=2, le=10)
+    train_size: int = Field(2000, ge=1)
+    eval_size: int = Field(24, ge=1)
+
+    @model_validator(mode="after")
+    def _space(self) -> SmallSumsParams:
+        if self.min_operand > self.max_operand:
+            raise ValueError(f"min_operand ({self.min_operand}) is above max_operand ({self.max_operand})")
+        space = (self.max_operand - self.min_operand + 1) ** self.num_terms
+        if space - self.eval_size < MIN_TRAIN_PROBLEMS:
+            raise ValueError(
+                f"eval_size={self.eval_size} leaves {max(space - self.eval_size, 0)} of {space} distinct problems "
+                f"for training, fewer than {MIN_TRAIN_PROBLEMS}: lower eval_size or widen the operand range"
+            )
+        return self
+
+
+@register
+class SmallSums(Task):
+    """Ordered sums of small integers; the reply should be just the number."""
+
+    name = "small_sums"
+    Params = SmallSumsParams
+    default_rewards = [
+        {"name": "last_number_correct", "weight": 1.0, "params": {}},
+        {"name": "brevity", "weight": 1.0, "params": {}},
+    ]
+    params: SmallSumsParams
+
+    def build(self, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+        p = self.params
+        train, eval_ = draw_split(self.name, self._draw, seed, p.eval_size, p.train_size)
+        return datasets.Dataset.from_list(train), datasets.Dataset.from_list(eval_)
+
+    def is_correct(self, completion: str, row: dict[str, Any]) -> bool:
+        return last_number(completion) == row["answer"]
+
+    def gold(self, row: dict[str, Any]) -> str:
+        return str(row["answer"])
+
+    def _draw(self, rng: random.Random) -> Problem:
+        p = self.params
+        terms = [rng.randint(p.min_operand, p.max_operand) for _ in range(p.num_terms)]
+        text = " + ".join(map(str, terms))
+        return {
+            "prompt": [{"role": "user", "content": f"What is {text}? Reply with just the number."}],
+            "answer": sum(terms),
+            "problem_id": "+".join(map(str, terms)),
+        }

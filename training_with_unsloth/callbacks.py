@@ -1,0 +1,160 @@
+"""Research callbacks: metrics log, Pass@K schedule, adapter snapshots, live plots.
+
+Each is a `transformers.TrainerCallback`; those that need the trainer get it through `bind()`.
+Import after `backends.prepare()` (this module imports transformers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .evaluation import PassKEvaluator
+from .plots import plot_run
+from .rundir import RunDir, atomic_write_json
+
+
+class _Bound(TrainerCallback):
+    trainer: Any = None
+
+    def bind(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+
+def _current_train_metrics(trainer: Any) -> dict[str, float]:
+    """Means of the metrics TRL has gathered since its last log (this step's, with logging_steps 1)."""
+    out = {}
+    for key, values in trainer._metrics["train"].items():
+        valid = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+        if valid:
+            out[key] = sum(valid) / len(valid)
+    return out
+
+
+class MetricsLogger(_Bound):
+    """Appends every trainer log to `metrics.jsonl` (kind `train`, or `summary` for the end-of-run totals)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        kind = "summary" if "train_runtime" in logs else "train"
+        self.run.append_metrics({"step": state.global_step, "kind": kind, "time": time.time(), **logs})
+
+
+class PassKCallback(_Bound):
+    """Pass@K before the first update, on the schedule, and at the end of training."""
+
+    def __init__(self, evaluator: PassKEvaluator, steps: list[int], run: RunDir, seed: int):
+        self.evaluator = evaluator
+        self.steps = set(steps)
+        self.run = run
+        self.seed = seed
+        self.done: set[int] = set()
+        self.latest: dict[str, float] = {}
+
+    def _evaluate(self, step: int) -> None:
+        import torch
+
+        # Evaluation draws from its own seeded RNG, so it neither perturbs nor depends on training's.
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            torch.manual_seed(self.seed * 1_000_003 + step)
+            metrics = self.evaluator.evaluate(self.trainer, step)
+        self.done.add(step)
+        self.latest = {"step": step, **metrics}
+        self.run.append_metrics({"step": step, "kind": "eval", "time": time.time(), **metrics})
+        _wandb_log(metrics, step)
+        ks = " ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items() if "pass@" in k)
+        print(f"[eval] step {step}: {ks} reward={metrics['eval/reward']:.3f} ({metrics['eval/seconds']:.0f}s)", flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0 and 0 in self.steps:
+            self._evaluate(0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps and state.global_step not in self.done:
+            self._evaluate(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.steps and state.global_step not in self.done:
+            self._evaluate(state.global_step)
+
+
+def _wandb_log(metrics: dict[str, float], step: int) -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.log({**metrics, "train/global_step": step})
+
+
+class AdapterCheckpoints(_Bound):
+    """Adapter-only snapshots `checkpoints/adapter-<step>/` with `meta.json`, written atomically."""
+
+    def __init__(self, run: RunDir, steps: list[int], passk: PassKCallback | None = None):
+        self.run = run
+        self.steps = set(steps)
+        self.passk = passk
+        self.start = time.time()
+        self.saved: set[int] = set()
+
+    def save(self, step: int) -> Path:
+        final = self.run.adapter_dir(step)
+        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".adapter-{step}.", dir=self.run.checkpoints))
+        try:
+            self.trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+            meta = {
+                "step": step,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds_since_start": time.time() - self.start,
+                "train_metrics": _current_train_metrics(self.trainer),
+                "latest_eval": self.passk.latest if self.passk else {},
+            }
+            atomic_write_json(tmp / "meta.json", meta)
+            if final.exists():  # a resumed run redoing this step: swap the old snapshot out
+                old = final.with_name(f".{final.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.saved.add(step)
+        return final
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps and state.is_world_process_zero:
+            self.save(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.global_step > 0 and state.global_step not in self.saved and state.is_world_process_zero:
+            self.save(state.global_step)
+
+
+class LivePlots(_Bound):
+    """Redraws `plots/` every `every` steps and at the end."""
+
+    def __init__(self, run: RunDir, every: int):
+        self.run = run
+        self.every = max(every, 1)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and state.global_step % self.every == 0:
+            plot_run(self.run)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_run(self.run)

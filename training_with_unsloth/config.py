@@ -1,0 +1,329 @@
+"""Experiment configuration: the YAML schema, `--set` overrides and one-line validation errors.
+
+Nothing here imports torch, transformers or trl, so a misspelt key is reported in well under a
+second. `trainer:` keys are checked against a snapshot of TRL's `GRPOConfig` field names; their
+values are checked when the `GRPOConfig` is built (see `trainer_args.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError, unknown
+from .grpo_fields import GRPO_CONFIG_FIELDS
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; researchers write learning rates that way."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """`yaml.safe_load`, except that `1e-5` is a float."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    """LoRA adapter settings (PEFT on the CPU, `FastLanguageModel.get_peft_model` under Unsloth)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(_Section):
+    """Which base model to load and how."""
+
+    name: str = "embedded"
+    backend: Literal["auto", "unsloth", "transformers"] = "auto"
+    max_seq_length: int = Field(1024, ge=16)
+    load_in_4bit: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    download: bool = Field(False, description="allow fetching a hub model that is not cached")
+    lora: LoraConfig = LoraConfig()
+
+
+class TaskConfig(BaseModel):
+    """`name` plus the task's own parameters (validated by the task registry)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "small_sums"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RewardSpec(_Section):
+    """One reward function: a registered name or `package.module:function`."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalConfig(_Section):
+    """Pass@K on held-out problems: at step 0, every `every` steps and at the end."""
+
+    enabled: bool = True
+    every: int = Field(10, ge=0, description="0: only at step 0 and at the end")
+    num_problems: int = Field(32, ge=1)
+    num_samples: int = Field(8, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    k: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    greedy: bool = True
+    max_new_tokens: int | None = Field(None, ge=1, description="default: trainer.max_completion_length")
+    batch_size: int = Field(64, ge=1, description="sequences generated at once")
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> EvalConfig:
+        bad = [k for k in self.k if not 1 <= k <= self.num_samples]
+        if bad:
+            raise ValueError(f"eval.k values {bad} must lie in 1..eval.num_samples ({self.num_samples})")
+        return self
+
+
+class CheckpointConfig(_Section):
+    """Adapter snapshots: one of `every`, `log_spaced`, `steps`; the final step is always saved."""
+
+    every: int | None = Field(None, ge=1)
+    log_spaced: int | None = Field(None, ge=1)
+    steps: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> CheckpointConfig:
+        given = [k for k in ("every", "log_spaced", "steps") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"checkpoints: give only one of every, log_spaced, steps (got {', '.join(given)})")
+        if self.steps is not None and any(s < 1 for s in self.steps):
+            raise ValueError("checkpoints.steps must be positive step numbers")
+        return self
+
+
+class LoggingConfig(_Section):
+    """Where metrics go besides `metrics.jsonl`."""
+
+    wandb: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "grpo-research"
+    plots: bool = True
+
+
+# Trainer fields the toolkit sets itself, from other sections.
+_OWNED_TRAINER_KEYS = {
+    "output_dir": "it is <output_dir>/<name>/trainer; set the top-level `output_dir` and `name`",
+    "seed": "set the top-level `seed`",
+    "report_to": "set `logging.wandb`",
+    "resume_from_checkpoint": "pass --resume",
+    "reward_weights": "set `weight` on each entry of `rewards`",
+}
+
+# Defaults the toolkit applies to `trainer:` where the YAML is silent (TRL's own defaults otherwise).
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_steps": 200,
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+}
+
+
+class ExperimentConfig(_Section):
+    """The whole experiment, as written in YAML."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 42
+    output_dir: str = "runs"
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    rewards: list[RewardSpec] | None = None
+    trainer: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    eval: EvalConfig = EvalConfig()
+    checkpoints: CheckpointConfig = CheckpointConfig(log_spaced=8)
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("trainer")
+    @classmethod
+    def _trainer_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in v:
+            if key in _OWNED_TRAINER_KEYS:
+                raise ValueError(f"trainer.{key} is set by the toolkit: {_OWNED_TRAINER_KEYS[key]}")
+            if key not in GRPO_CONFIG_FIELDS:
+                raise unknown("key", key, GRPO_CONFIG_FIELDS, where="trainer")
+        return {**TRAINER_DEFAULTS, **v}
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.trainer["max_steps"])
+
+    def to_yaml(self) -> str:
+        """The resolved config, with every default filled in."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value (e.g. trainer.learning_rate=1e-5), got '{text}'")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML ({exc.__class__.__name__})") from None
+    return key.strip().split("."), value
+
+
+def apply_override(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set `raw[path[0]][path[1]]... = value`, creating sections and indexing lists by number."""
+    node: Any = raw
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {'.'.join(path)}: '{where}' is not an index of that list (0..{len(node) - 1})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node.get(part), str) and part in ("model", "task"):
+                    node[part] = {"name": node[part]}  # expand the `model: embedded` shorthand
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {'.'.join(path)}: '{'.'.join(path[:i])}' is a value, not a section")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment, apply `--set` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw.setdefault("name", path.stem)
+    for text in overrides:
+        apply_override(raw, *parse_override(text))
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a raw mapping; any problem becomes a one-line ConfigError."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _one_line(exc) from None
+    if cfg.trainer.get("max_steps", 0) <= 0:
+        raise ConfigError("trainer.max_steps must be a positive number of optimizer steps")
+    _check_batches(cfg.trainer)
+    return cfg
+
+
+def _check_batches(t: dict[str, Any]) -> None:
+    """GRPO scores each prompt's group together: a generation batch must hold whole groups.
+
+    Uses TRL's defaults for keys the YAML leaves out (per_device_train_batch_size 8,
+    gradient_accumulation_steps 1, num_generations 8), single process.
+    """
+    bs = t.get("per_device_train_batch_size", 8)
+    ng = t.get("num_generations", 8)
+    spg = t.get("steps_per_generation") or t.get("gradient_accumulation_steps", 1)
+    gbs = t.get("generation_batch_size") or bs * spg
+    if not all(isinstance(x, int) and x > 0 for x in (bs, ng, spg, gbs)):
+        return  # type errors are reported when TRL's GRPOConfig is built
+    if ng < 2:
+        raise ConfigError(f"trainer.num_generations is {ng}: GRPO needs at least 2 completions per prompt to compare")
+    if gbs % ng:
+        raise ConfigError(
+            f"trainer: a generation batch of {gbs} completions (per_device_train_batch_size {bs} x steps_per_generation"
+            f" {spg}) does not split into groups of num_generations {ng}: make it a multiple of {ng}"
+        )
+
+
+def _one_line(exc: ValidationError) -> ConfigError:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, ConfigError):
+        return ctx_error
+    if err["type"] == "extra_forbidden":
+        parent, key = loc[:-1], loc[-1]
+        return unknown("key", key, _valid_keys(parent), where=".".join(parent))
+    where = ".".join(loc) or "config"
+    msg = err["msg"].removeprefix("Value error, ")
+    if loc and msg.startswith(loc[0]):
+        return ConfigError(msg)
+    if err["type"] == "missing":
+        return ConfigError(f"missing required key '{where}'")
+    got = err.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
+    return ConfigError(f"{where}: {msg}{shown}")
+
+
+def _valid_keys(parent: list[str]) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in parent:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            inner = getattr(ann, "__args__", ())
+            model = next(
+                (b for a in inner for b in getattr(a, "__args__", ()) if isinstance(b, type) and issubclass(b, BaseModel)),
+                None,
+            )
+        if model is None:
+            return []
+    return list(model.model_fields)

