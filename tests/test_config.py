@@ -116,3 +116,25 @@ def test_scientific_notation_without_dot_is_a_float(tmp_path):
     cfg = load_config(path, ["trainer.beta=4e-2"])
     assert cfg.trainer["learning_rate"] == 1e-5 and cfg.trainer["beta"] == 0.04
     assert yaml_load("a: 1e3\nb: 7\nc: 1.5\nd: name") == {"a": 1000.0, "b": 7, "c": 1.5, "d": "name"}
+
+
+def test_yaml_12_booleans():
+    assert yaml_load("a: no\nb: yes\nc: true\nd: False\ne: off") == {"a": "no", "b": "yes", "c": True, "d": False, "e": "off"}
+
+
+def _keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None and name not in ("task", "rewards"):
+            yield from _keys(sub, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_readme_documents_every_config_key():
+    readme = (REPO / "README.md").read_text()
+    missing = [k for k in _keys(ExperimentConfig) if f"`{k}" not in readme]
+    assert not missing, f"README's configuration reference lacks {missing}"

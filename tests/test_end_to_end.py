@@ -134,7 +134,7 @@ def test_quickstart_config_runs_on_the_embedded_model(tmp_path):
          "eval.k=[1, 2]", "checkpoints.log_spaced=2", "logging.wandb=disabled", "trainer.max_completion_length=12"],
     )  # fmt: skip
     run = run_experiment(cfg)
-    assert json.loads(run.env.read_text())["model_path"].endswith("smollm2-135m-instruct")
+    assert json.loads(run.env.read_text())["model_path"].endswith("smollm2-135m-instruct.v2")
     assert run.adapter_steps() == [1, 2]
     assert sorted(records(run, "eval")) == [0, 2] and sorted(records(run, "train")) == [1, 2]
     first = json.loads(run.passk_file(0).read_text().splitlines()[0])

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from tqdm.auto import tqdm
+from transformers import ProgressCallback, TrainerCallback
 
 from .evaluation import PassKEvaluator
 from .plots import plot_run
@@ -36,6 +37,28 @@ def _current_train_metrics(trainer: Any) -> dict[str, float]:
         if valid:
             out[key] = sum(valid) / len(valid)
     return out
+
+
+class CompactProgress(ProgressCallback):
+    """The progress bar, with one short line per log instead of the full metrics dict.
+
+    Everything is still in `metrics.jsonl`; the line shows what a researcher watches.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (state.is_world_process_zero and self.training_bar is not None and logs):
+            return
+        if "train_runtime" in logs:
+            self.training_bar.write(f"done in {logs['train_runtime']:.0f}s ({logs['train_runtime'] / max(state.global_step, 1):.1f} s/step)")
+            return
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        if "reward" in logs:
+            per = [f"{k.split('/')[1]} {v:.3g}" for k, v in logs.items() if k.startswith("rewards/") and k.endswith("/mean")]
+            parts.append(f"reward {logs['reward']:.3g}" + (f" ({', '.join(per)})" if per else ""))
+        for key, label in (("kl", "kl"), ("entropy", "entropy"), ("completions/mean_length", "len"), ("step_time", "s/step")):
+            if isinstance(logs.get(key), int | float):
+                parts.append(f"{label} {logs[key]:.3g}")
+        self.training_bar.write("  ".join(parts))
 
 
 class MetricsLogger(_Bound):
@@ -74,7 +97,7 @@ class PassKCallback(_Bound):
         self.run.append_metrics({"step": step, "kind": "eval", "time": time.time(), **metrics})
         _wandb_log(metrics, step)
         ks = " ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items() if "pass@" in k)
-        print(f"[eval] step {step}: {ks} reward={metrics['eval/reward']:.3f} ({metrics['eval/seconds']:.0f}s)", flush=True)
+        tqdm.write(f"[eval] step {step}: {ks} reward={metrics['eval/reward']:.3f} ({metrics['eval/seconds']:.0f}s)")
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0 and 0 in self.steps:

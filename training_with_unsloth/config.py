@@ -19,8 +19,17 @@ from .grpo_fields import GRPO_CONFIG_FIELDS
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads `1e-5` (no dot) as a string; researchers write learning rates that way."""
+    """YAML 1.2 scalars: `1e-5` is a float (YAML 1.1 reads a string) and only true/false are
+    booleans (YAML 1.1 turns `save_strategy: no` into False)."""
 
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",

@@ -18,6 +18,7 @@ from .errors import UserError
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "complete"
+_CACHE_FORMAT = 2  # bump when the saved copy changes, so old caches are rebuilt
 
 
 def cache_root() -> Path:
@@ -40,7 +41,7 @@ def gguf_path() -> Path:
 
 def embedded_model_dir() -> Path:
     """Directory with the dequantized embedded model (safetensors + tokenizer), created on first use."""
-    target = cache_root() / "smollm2-135m-instruct"
+    target = cache_root() / f"smollm2-135m-instruct.v{_CACHE_FORMAT}"
     if (target / _MARKER).exists():
         return target
     import torch
@@ -56,6 +57,7 @@ def embedded_model_dir() -> Path:
         # which is also what the model's generation config stops on (as in the hub release).
         tok.eos_token = "<|im_end|>"
         tok.pad_token = "<|im_end|>"
+        tok.clean_up_tokenization_spaces = False  # destructive for BPE; transformers warns on every decode
         gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         # Rebuild as an ordinary float model (no GGUF quantization flag) holding the dequantized weights.
         config = gguf_model.config

@@ -158,6 +158,8 @@ def run_experiment(
             f"{run.path} already holds a run: pass --resume to continue it, --overwrite to replace it, "
             "or --set name=<new name>"
         )
+    if not dry_run and cfg.model.name != "embedded":  # fail fast, before the slow imports
+        backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
 
     backends.prepare(prep.backend)  # before anything imports trl (Unsloth patches it on import)
     funcs, weights = reward_registry.build(prep.reward_specs)
@@ -170,8 +172,6 @@ def run_experiment(
 
     from transformers import set_seed
 
-    from .callbacks import AdapterCheckpoints, LivePlots, MetricsLogger, PassKCallback
-    from .evaluation import PassKEvaluator
     from .research_trainer import ResearchGRPOTrainer
 
     if overwrite and not resume:
@@ -193,7 +193,30 @@ def run_experiment(
         atomic_write_json(run.env, environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path))
     atomic_write_json(run.trainer / "grpo_config.json", args.to_dict())
 
+    trainer = ResearchGRPOTrainer(
+        model=loaded.model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=loaded.tokenizer,
+        peft_config=loaded.peft_config,
+        research_callbacks=research_callbacks(prep, run, eval_ds, funcs, weights, args.max_completion_length),
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    return run
+
+
+def research_callbacks(
+    prep: Prepared, run: RunDir, eval_ds: Any, funcs: list, weights: list[float], max_completion_length: int
+) -> list[Any]:
+    """The callbacks a run gets: metrics log, Pass@K schedule, adapter snapshots, live plots."""
+    from .callbacks import AdapterCheckpoints, CompactProgress, LivePlots, MetricsLogger, PassKCallback
+    from .evaluation import PassKEvaluator
+
+    cfg = prep.cfg
     callbacks: list[Any] = [MetricsLogger(run)]
+    if not cfg.trainer.get("disable_tqdm", False):
+        callbacks.append(CompactProgress())
     passk = None
     if prep.eval_steps:
         evaluator = PassKEvaluator(
@@ -202,7 +225,7 @@ def run_experiment(
             reward_funcs=funcs,
             reward_weights=weights,
             cfg=cfg.eval,
-            max_new_tokens=args.max_completion_length,
+            max_new_tokens=max_completion_length,
             run=run,
         )
         passk = PassKCallback(evaluator, prep.eval_steps, run, cfg.seed)
@@ -210,15 +233,4 @@ def run_experiment(
     callbacks.append(AdapterCheckpoints(run, prep.checkpoint_steps, passk))
     if cfg.logging.plots:
         callbacks.append(LivePlots(run, every=max(1, cfg.eval.every or 10)))
-
-    trainer = ResearchGRPOTrainer(
-        model=loaded.model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=train_ds,
-        processing_class=loaded.tokenizer,
-        peft_config=loaded.peft_config,
-        research_callbacks=callbacks,
-    )
-    trainer.train(resume_from_checkpoint=resume_from)
-    return run
+    return callbacks

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers import GenerationConfig, TrainerCallback
+from transformers import GenerationConfig, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer
 
 
@@ -22,6 +22,8 @@ class ResearchGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, research_callbacks: Sequence[TrainerCallback] = (), **kwargs):
         super().__init__(*args, **kwargs)
+        if any(isinstance(cb, ProgressCallback) for cb in research_callbacks):
+            self.remove_callback(ProgressCallback)  # replaced by the research one
         for callback in research_callbacks:
             if hasattr(callback, "bind"):
                 callback.bind(self)

@@ -1,0 +1,96 @@
+"""Overhead of ResearchGRPOTrainer over TRL's GRPOTrainer, on the same GRPO config.
+
+Three variants, alternated in one process so machine noise hits them alike:
+  plain    trl.GRPOTrainer
+  ours-off ResearchGRPOTrainer with no research callbacks (the subclass alone)
+  ours-on  ResearchGRPOTrainer with the config's research callbacks (metrics.jsonl, Pass@K at step
+           0 / every / end, adapter snapshots, live plots)
+Each run loads a fresh model (LoRA is attached in place) and times `trainer.train()` for N steps.
+
+    uv run bench/trainer_overhead.py                      # embedded model, quickstart settings
+    uv run bench/trainer_overhead.py --steps 8 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "experiment_configs" / "quickstart.yaml"))
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per timed run")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the three variants")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+
+    from training_with_unsloth import backends
+    from training_with_unsloth.config import load_config
+    from training_with_unsloth.experiment import build_grpo_config, prepare, research_callbacks
+    from training_with_unsloth.rundir import RunDir
+
+    overrides = [f"trainer.max_steps={args.steps}", "logging.wandb=disabled", "trainer.save_strategy=no", *args.overrides]
+    cfg = load_config(args.config, overrides)
+    backends.offline_environment(False)
+    cuda = backends.cuda_available()
+    prep = prepare(cfg, cuda=cuda)
+    backends.prepare(prep.backend)
+
+    import rewards
+    from transformers import set_seed
+    from transformers import ProgressCallback
+    from trl import GRPOTrainer
+
+    from training_with_unsloth.research_trainer import ResearchGRPOTrainer
+
+    funcs, weights = rewards.build(prep.reward_specs)
+    train_ds, eval_ds = prep.task.build(cfg.seed)
+
+    def timed(variant: str) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = RunDir(Path(tmp) / cfg.name)
+            run.create()
+            targs = build_grpo_config(cfg, run, weights, cuda=cuda)
+            set_seed(cfg.seed)
+            loaded = backends.load(cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=targs.gradient_checkpointing)
+            common = dict(model=loaded.model, reward_funcs=funcs, args=targs, train_dataset=train_ds,
+                          processing_class=loaded.tokenizer, peft_config=loaded.peft_config)  # fmt: skip
+            if variant == "plain":
+                trainer = GRPOTrainer(**common)
+            else:
+                extras = research_callbacks(prep, run, eval_ds, funcs, weights, targs.max_completion_length)
+                extras = [cb for cb in extras if not isinstance(cb, ProgressCallback)]
+                trainer = ResearchGRPOTrainer(**common, research_callbacks=extras if variant == "ours-on" else ())
+            trainer.remove_callback(ProgressCallback)  # quiet: the figures below are what this prints
+            t0 = time.perf_counter()
+            trainer.train()
+            return (time.perf_counter() - t0) / args.steps
+
+    variants = ["plain", "ours-off", "ours-on"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    print(f"backend {prep.backend}, model {cfg.model.name}, {args.steps} steps x {args.repeats} rounds; "
+          f"ours-on = eval at {prep.eval_steps}, adapters at {prep.checkpoint_steps}", flush=True)  # fmt: skip
+    for r in range(args.repeats):
+        order = variants if r % 2 == 0 else variants[::-1]
+        for v in order:
+            times[v].append(timed(v))
+            print(f"  round {r + 1} {v:9s} {times[v][-1]:.3f} s/step", flush=True)
+
+    med = {v: statistics.median(t) for v, t in times.items()}
+    print("\nseconds per step (median over rounds):")
+    for v in variants:
+        print(f"  {v:9s} {med[v]:.3f}   (all: {', '.join(f'{x:.3f}' for x in times[v])})")
+    print(f"ratio ours-off / plain: {med['ours-off'] / med['plain']:.3f}")
+    print(f"ratio ours-on  / plain: {med['ours-on'] / med['plain']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
