@@ -51,6 +51,24 @@ class ResearchGRPOTrainer(GRPOTrainer):
             if old_kwargs is not None:
                 self.generation_kwargs = old_kwargs
 
+    @contextmanager
+    def _inference_mode(self) -> Iterator[None]:
+        """Eval mode for generation, restored afterwards; Unsloth models switch with their own methods."""
+        model = self.model
+        was_training = model.training
+        if hasattr(model, "for_inference"):
+            model.for_inference()
+        else:
+            model.eval()
+        try:
+            yield
+        finally:
+            if was_training and hasattr(model, "for_training"):
+                use_gc = getattr(model, "_unsloth_gradient_checkpointing", self.args.gradient_checkpointing)
+                model.for_training(use_gradient_checkpointing=use_gc)
+            else:
+                model.train(was_training)
+
     @torch.no_grad()
     def generate_completions(
         self,
@@ -69,16 +87,13 @@ class ResearchGRPOTrainer(GRPOTrainer):
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
         flat = [ids for ids in prompt_ids for _ in range(num_samples)]
         completion_ids: list[list[int]] = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self._generation_settings(greedy=greedy, temperature=temperature, max_new_tokens=max_new_tokens):
-                for start in range(0, len(flat), batch_size):
-                    chunk = flat[start : start + batch_size]
-                    ids, _ = self._generate_single_turn(chunk, None, {}, len(chunk))
-                    completion_ids.extend(list(map(int, c)) for c in ids)
-        finally:
-            self.model.train(was_training)
+        with self._inference_mode(), self._generation_settings(
+            greedy=greedy, temperature=temperature, max_new_tokens=max_new_tokens
+        ):
+            for start in range(0, len(flat), batch_size):
+                chunk = flat[start : start + batch_size]
+                ids, _ = self._generate_single_turn(chunk, None, {}, len(chunk))
+                completion_ids.extend(list(map(int, c)) for c in ids)
         texts = self._tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         group = lambda xs: [xs[i : i + num_samples] for i in range(0, len(xs), num_samples)]  # noqa: E731
         return group(texts), group([len(c) for c in completion_ids])
