@@ -138,3 +138,18 @@ def test_readme_documents_every_config_key():
     readme = (REPO / "README.md").read_text()
     missing = [k for k in _keys(ExperimentConfig) if f"`{k}" not in readme]
     assert not missing, f"README's configuration reference lacks {missing}"
+
+
+def test_trainer_values_checked_up_front():
+    assert err({"name": "x", "trainer": {"loss_type": "dr-grpo"}}) == "trainer.loss_type: unknown value 'dr-grpo': did you mean 'dr_grpo'?"
+
+
+def test_trainer_value_types_checked_against_grpo_config(tmp_path):
+    from training_with_unsloth.experiment import build_grpo_config
+    from training_with_unsloth.rundir import RunDir
+
+    cfg = validate({"name": "x", "trainer": {"learning_rate": "fast"}})
+    with pytest.raises(ConfigError, match=r"trainer.learning_rate: Input should be a valid number.*'fast'"):
+        build_grpo_config(cfg, RunDir(tmp_path), [1.0], cuda=False)
+    args = build_grpo_config(validate({"name": "x", "trainer": {"learning_rate": 3e-4}}), RunDir(tmp_path), [1.0], cuda=False)
+    assert args.learning_rate == 3e-4 and args.use_cpu and args.seed == 42 and args.output_dir == str(tmp_path / "trainer")

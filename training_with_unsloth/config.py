@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, unknown
+from .errors import ConfigError, closest, unknown
 from .grpo_fields import GRPO_CONFIG_FIELDS
 
 
@@ -159,6 +159,12 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Values TRL 1.15 only rejects mid-training (in `_compute_loss`); checked here up front.
+TRAINER_CHOICES: dict[str, tuple[str, ...]] = {
+    "loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+}
+
+
 class ExperimentConfig(_Section):
     """The whole experiment, as written in YAML."""
 
@@ -191,6 +197,10 @@ class ExperimentConfig(_Section):
                 raise ValueError(f"trainer.{key} is set by the toolkit: {_OWNED_TRAINER_KEYS[key]}")
             if key not in GRPO_CONFIG_FIELDS:
                 raise unknown("key", key, GRPO_CONFIG_FIELDS, where="trainer")
+            if key in TRAINER_CHOICES and v[key] not in TRAINER_CHOICES[key]:
+                best = closest(str(v[key]), TRAINER_CHOICES[key])
+                hint = f"did you mean '{best}'?" if best else f"valid: {', '.join(TRAINER_CHOICES[key])}"
+                raise ConfigError(f"trainer.{key}: unknown value '{v[key]}': {hint}")
         return {**TRAINER_DEFAULTS, **v}
 
     @property

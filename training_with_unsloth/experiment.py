@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,11 +138,32 @@ def build_grpo_config(cfg: ExperimentConfig, run: RunDir, reward_weights: list[f
     if not cuda:
         kw.setdefault("use_cpu", True)
         kw.setdefault("bf16", False)
+    _check_trainer_types(GRPOConfig, cfg.trainer)
     try:
         return GRPOConfig(**kw)
     except (TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"trainer: {first}") from None
+
+
+def _check_trainer_types(config_cls: type, values: dict[str, Any]) -> None:
+    """Check `trainer:` values against GRPOConfig's annotations (the dataclass itself does not)."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+    from pydantic.errors import PydanticSchemaGenerationError
+
+    hints = typing.get_type_hints(config_cls)
+    for key, value in values.items():
+        try:
+            adapter = TypeAdapter(hints[key])
+        except (PydanticSchemaGenerationError, KeyError, TypeError):
+            continue  # a type pydantic cannot express; TRL checks it when used
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            msg = exc.errors(include_url=False)[0]["msg"]
+            raise ConfigError(f"trainer.{key}: {msg} (got {value!r})") from None
 
 
 def run_experiment(
@@ -151,6 +173,8 @@ def run_experiment(
     backends.offline_environment(cfg.model.download or cfg.logging.wandb == "online")
     cuda = backends.cuda_available()
     prep = prepare(cfg, cuda=cuda)
+    if not dry_run and cfg.model.name != "embedded":  # fail fast, before the slow imports
+        backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
     run = RunDir(cfg.run_dir)
     resume_from = _check_resume(cfg, run) if resume else None
     if not resume and run.has_run() and not overwrite and not dry_run:
@@ -158,8 +182,6 @@ def run_experiment(
             f"{run.path} already holds a run: pass --resume to continue it, --overwrite to replace it, "
             "or --set name=<new name>"
         )
-    if not dry_run and cfg.model.name != "embedded":  # fail fast, before the slow imports
-        backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
 
     backends.prepare(prep.backend)  # before anything imports trl (Unsloth patches it on import)
     funcs, weights = reward_registry.build(prep.reward_specs)
@@ -176,12 +198,30 @@ def run_experiment(
 
     if overwrite and not resume:
         run.clear()
+    fresh = not run.path.exists()
     run.create()
-    set_seed(cfg.seed)
-    train_ds, eval_ds = prep.task.build(cfg.seed)
-    loaded = backends.load(
-        cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(args.gradient_checkpointing)
-    )
+    try:
+        set_seed(cfg.seed)
+        train_ds, eval_ds = prep.task.build(cfg.seed)
+        loaded = backends.load(
+            cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(args.gradient_checkpointing)
+        )
+        try:
+            trainer = ResearchGRPOTrainer(
+                model=loaded.model,
+                reward_funcs=funcs,
+                args=args,
+                train_dataset=train_ds,
+                processing_class=loaded.tokenizer,
+                peft_config=loaded.peft_config,
+                research_callbacks=research_callbacks(prep, run, eval_ds, funcs, weights, args.max_completion_length),
+            )
+        except ValueError as exc:  # TRL validates most settings when the trainer is built
+            raise ConfigError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
+    except BaseException:
+        if fresh:  # nothing was trained: leave no half-made run directory behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
     if resume:
         env = json.loads(run.env.read_text()) if run.env.is_file() else {}
@@ -192,16 +232,6 @@ def run_experiment(
         atomic_write_text(run.config, cfg.to_yaml())
         atomic_write_json(run.env, environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path))
     atomic_write_json(run.trainer / "grpo_config.json", args.to_dict())
-
-    trainer = ResearchGRPOTrainer(
-        model=loaded.model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=train_ds,
-        processing_class=loaded.tokenizer,
-        peft_config=loaded.peft_config,
-        research_callbacks=research_callbacks(prep, run, eval_ds, funcs, weights, args.max_completion_length),
-    )
     trainer.train(resume_from_checkpoint=resume_from)
     return run
 
