@@ -80,3 +80,12 @@ def tiny_config(tmp_path: Path, model_dir: Path, **overrides) -> dict:
             node = node.setdefault(p, {})
         node[last] = value
     return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A finished 4-step run of the tiny model (adapters at steps 2 and 4). Treat as read-only."""
+    from training_with_unsloth.config import validate
+    from training_with_unsloth.experiment import run_experiment
+
+    return run_experiment(validate(tiny_config(tmp_path_factory.mktemp("e2e"), tiny_model_dir))).path

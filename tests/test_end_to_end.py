@@ -22,9 +22,8 @@ def records(run: RunDir, kind: str) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_model_dir, tmp_path_factory) -> RunDir:
-    cfg = validate(tiny_config(tmp_path_factory.mktemp("e2e"), tiny_model_dir))
-    return run_experiment(cfg)
+def tiny_run(tiny_run_dir) -> RunDir:
+    return RunDir(tiny_run_dir)
 
 
 def test_run_directory_is_complete(tiny_run: RunDir):

@@ -14,16 +14,17 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     """Write the figure beside its final name, then rename (readers never see half a PNG)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+    return path
 
 
 def plot_run(run: RunDir) -> list[Path]:
@@ -50,7 +51,7 @@ def plot_run(run: RunDir) -> list[Path]:
     ax.set(xlabel="step", ylabel="reward", title=f"{run.path.name}: reward")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, run.plots / "rewards.png")
+    save_figure(fig, run.plots / "rewards.png")
     plt.close(fig)
     written.append(run.plots / "rewards.png")
 
@@ -63,7 +64,7 @@ def plot_run(run: RunDir) -> list[Path]:
         ax.text(0.5, 0.5, "KL not computed: trainer.beta is 0", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="step", ylabel="KL", title=f"{run.path.name}: KL to the reference")
     ax.grid(alpha=0.3)
-    _save(fig, run.plots / "kl.png")
+    save_figure(fig, run.plots / "kl.png")
     plt.close(fig)
     written.append(run.plots / "kl.png")
 
@@ -78,7 +79,7 @@ def plot_run(run: RunDir) -> list[Path]:
         ax.set(xlabel="step", ylabel="fraction of held-out problems", ylim=(-0.02, 1.02), title=f"{run.path.name}: Pass@K")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        _save(fig, run.plots / "passk.png")
+        save_figure(fig, run.plots / "passk.png")
         plt.close(fig)
         written.append(run.plots / "passk.png")
     return written

@@ -1,0 +1,1 @@
+"""Analysis of finished runs: LLCs over adapter checkpoints, phase-transition detection, figures."""

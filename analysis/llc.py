@@ -1,0 +1,542 @@
+"""Local learning coefficients over a run's adapter checkpoints, with devinterp's SGLD sampler.
+
+    uv run analysis/llc.py --run runs/quickstart                 # every checkpoint, CPU-sized defaults
+    uv run analysis/llc.py --run runs/quickstart --calibrate     # lr x n_beta grid on first and last checkpoint
+    uv run analysis/llc.py --run runs/quickstart --restrict attn-mlp
+    uv run analysis/llc.py --run runs/quickstart --probe rollouts --probe-from 30
+
+The base model is loaded once, through the training backends; each `checkpoints/adapter-<step>/`
+is swapped in by loading its LoRA weights into the same model. Only the LoRA parameters are
+sampled (devinterp `param_masks`). The probe set is the same for every checkpoint: held-out
+problems of the run's task as chat prompt + target completion, loss on the completion tokens.
+
+Writes `<run>/analysis/`: `llc.csv` (one row per checkpoint), `llc_settings.json`, `traces/`
+(per-checkpoint loss traces), `llc_traces.png` (trace diagnostics), and the combined figure.
+A row is unhealthy, with the reason in `notes`, when a chain's LLC is negative or NaN or its loss
+trace has not settled (the mean of the last quarter of draws differs from that of the second
+quarter by more than `--max-drift` of the loss rise it measures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+LLC_COLUMNS = ("step", "llc_mean", "llc_std")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """SGLD and probe settings; recorded in `llc_settings.json` so reruns never mix settings.
+
+    Defaults: the seed project's sampler (lr 1e-5, localization 100, n_beta = batch/ln(batch)),
+    which `--calibrate` on the quickstart run found healthy on its first and last checkpoint,
+    with fewer draws so five checkpoints take minutes on a CPU.
+    """
+
+    def __post_init__(self) -> None:
+        if self.n_beta is None:
+            object.__setattr__(self, "n_beta", self.batch_size / math.log(self.batch_size) if self.batch_size > 1 else 1.0)
+
+    lr: float = 1e-5
+    n_beta: float | None = None  # None: batch_size / ln(batch_size), devinterp's usual default
+    localization: float = 100.0
+    chains: int = 2
+    draws: int = 30
+    burn_in: int = 10
+    batch_size: int = 4
+    seed: int = 0
+    probe: str = "reference"
+    probe_from: int | None = None
+    num_probes: int = 16
+    restrict: str | None = None
+    max_drift: float = 0.25
+
+
+# ----------------------------------------------------------------------------- run and model
+
+
+def load_run(path: str | Path):
+    """The run directory and its resolved config."""
+    from training_with_unsloth.config import validate, yaml_load
+    from training_with_unsloth.errors import UserError
+    from training_with_unsloth.rundir import RunDir
+
+    run = RunDir(path)
+    if not run.config.is_file():
+        raise UserError(f"{run.path} is not a run directory (no config.yaml): pass --run runs/<name>")
+    cfg = validate(yaml_load(run.config.read_text()))
+    if not run.adapter_steps():
+        raise UserError(f"{run.checkpoints} holds no adapter checkpoints (adapter-<step>/ with meta.json)")
+    return run, cfg
+
+
+def load_model(cfg: Any, device: str):
+    """Base model + an empty LoRA adapter of the run's shape, loaded once (training's backend code)."""
+    from training_with_unsloth import backends
+
+    backend = "unsloth" if device.startswith("cuda") and backends.resolve_backend(cfg.model.backend) == "unsloth" else "transformers"
+    backends.offline_environment(cfg.model.download)
+    backends.prepare(backend)
+    loaded = backends.load(cfg.model, backend, seed=cfg.seed, gradient_checkpointing=False)
+    model = loaded.model
+    if loaded.peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, loaded.peft_config)
+    if not (cfg.model.load_in_4bit and device.startswith("cuda")):
+        model = model.to(device)
+    model.eval()
+    return model, loaded.tokenizer
+
+
+def swap_adapter(model: Any, adapter_dir: Path) -> None:
+    """Load a snapshot's LoRA weights into the live adapter, checking every LoRA tensor is replaced."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from training_with_unsloth.errors import UserError
+
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
+    if unexpected or missing:
+        raise UserError(
+            f"{adapter_dir} does not match the run's LoRA config "
+            f"({len(unexpected)} unexpected, {len(missing)} missing tensors, e.g. {(unexpected or missing)[0]})"
+        )
+
+
+def lora_groups(model: Any, restrict: str | None) -> dict[str, dict[str, None]]:
+    """Parameter masks: all LoRA weights (group `all`), or one group per layer / attention vs MLP."""
+    names = [n for n, p in model.named_parameters() if "lora_" in n]
+    if restrict is None:
+        return {"all": dict.fromkeys(names)}
+    groups: dict[str, dict[str, None]] = {}
+    for name in names:
+        if restrict == "layers":
+            m = re.search(r"\.layers\.(\d+)\.", name)
+            key = f"layer{int(m.group(1)):02d}" if m else "other"
+        else:
+            key = "attn" if ("attn" in name or "attention" in name) else "mlp" if "mlp" in name else "other"
+        groups.setdefault(key, {})[name] = None
+    return dict(sorted(groups.items()))
+
+
+# ----------------------------------------------------------------------------- probe
+
+
+def build_run_probe(run: Any, cfg: Any, model: Any, tokenizer: Any, settings: Settings, device: str):
+    """The probe for this run: gold answers (`reference`) or completions sampled once from a checkpoint."""
+    import tasks
+    from analysis.probe import build_probe
+
+    task = tasks.get(cfg.task.name, **cfg.task.params)
+    _, eval_ds = task.build(cfg.seed)
+    rows = list(eval_ds)[: settings.num_probes]
+    if len(rows) < settings.batch_size:
+        from training_with_unsloth.errors import UserError
+
+        raise UserError(f"--num-probes/eval split gives {len(rows)} probe rows, fewer than --batch-size {settings.batch_size}")
+    prompts = [r["prompt"] for r in rows]
+    if settings.probe == "reference":
+        completions = [task.gold(r) for r in rows]
+    else:
+        completions = _rollouts(run, cfg, model, tokenizer, prompts, settings, device)
+    return build_probe(tokenizer, prompts, completions)
+
+
+def _rollouts(run, cfg, model, tokenizer, prompts, settings: Settings, device: str) -> list[str]:
+    import torch
+
+    from training_with_unsloth.rundir import atomic_write_text, read_jsonl
+
+    step = settings.probe_from if settings.probe_from is not None else run.adapter_steps()[-1]
+    path = run.analysis / f"probe-rollouts-{step}.jsonl"
+    cached = list(read_jsonl(path))
+    if len(cached) >= len(prompts) and all(c["prompt"] == p for c, p in zip(cached, prompts, strict=False)):
+        return [c["completion"] for c in cached[: len(prompts)]]
+    if step not in run.adapter_steps():
+        from training_with_unsloth.errors import UserError
+
+        raise UserError(f"--probe-from {step}: no checkpoints/adapter-{step}; have {run.adapter_steps()}")
+    swap_adapter(model, run.adapter_dir(step))
+    temperature = float(cfg.trainer.get("temperature", 1.0))
+    max_new = int(cfg.trainer.get("max_completion_length", 64))
+    tokenizer.padding_side = "left"
+    enc = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True)
+    torch.manual_seed(settings.seed)
+    with torch.no_grad():
+        out = model.generate(**enc.to(device), do_sample=True, temperature=temperature, max_new_tokens=max_new)
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    run.analysis.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps({"step": step, "prompt": p, "completion": t}) + "\n" for p, t in zip(prompts, texts, strict=True)))
+    return texts
+
+
+# ----------------------------------------------------------------------------- estimation
+
+
+def estimate(model: Any, probe: Any, masks: dict[str, None] | None, settings: Settings, device: str) -> dict[str, Any]:
+    """One devinterp LLC estimate; returns per-chain LLCs, the loss traces and the init loss."""
+    import tempfile
+    import warnings
+
+    from devinterp.slt.llc import llc
+
+    with tempfile.TemporaryDirectory(prefix="llc-") as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = llc(
+            model,
+            probe.dataset(),
+            {},
+            lr=settings.lr,
+            n_beta=settings.n_beta,
+            param_masks=masks,
+            loss_fn=probe.loss_fn(),
+            num_chains=settings.chains,
+            num_draws=settings.draws,
+            num_burnin_steps=settings.burn_in,
+            batch_size=settings.batch_size,
+            localization=settings.localization,
+            init_seed=settings.seed,
+            num_init_loss_batches=max(1, len(probe.texts) // settings.batch_size),  # the whole probe set once
+            device=device,
+            output_path=Path(tmp) / "samples.zarr",
+        )
+        per_chain = [float(x) for x in result["llc_per_chain"].values]
+        trace = result["loss_trace"].values.tolist()
+    failures = [str(w.message) for w in caught if "Chain failed" in str(w.message)]
+    return {
+        "llc_mean": float(result["llc_mean"]),
+        "llc_std": float(result["llc_std"]),
+        "per_chain": per_chain,
+        "trace": trace,
+        "init_loss": float(result["init_loss"]),
+        "failures": failures,
+    }
+
+
+def health(est: dict[str, Any], settings: Settings) -> tuple[bool, str]:
+    """Whether an estimate can be trusted, and why not: negative/NaN chains, unsettled traces."""
+    notes = list(est["failures"])
+    for i, value in enumerate(est["per_chain"]):
+        if not math.isfinite(value):
+            notes.append(f"chain {i} LLC is NaN")
+        elif value < 0:
+            notes.append(f"chain {i} LLC is negative ({value:.3g}): lr too large or localization too weak")
+    for i, trace in enumerate(est["trace"]):
+        draws = [x for x in trace[settings.burn_in :] if math.isfinite(x)]
+        if len(draws) < 4:
+            notes.append(f"chain {i}: too few finite draws to judge its trace")
+            continue
+        q = len(draws) // 4
+        second, last = draws[q : 2 * q], draws[-q:]
+        half = draws[len(draws) // 2 :]
+        rise = abs(sum(half) / len(half) - est["init_loss"])
+        drift = abs(_mean(last) - _mean(second))
+        noise = 2 * math.sqrt((_var(second) + _var(last)) / q)  # minibatch noise alone moves quarter means this much
+        if drift > max(settings.max_drift * rise, noise):
+            notes.append(
+                f"chain {i} trace not settled (last-quarter mean moved {drift:.3g}; loss rise {rise:.3g}, noise {noise:.3g}): "
+                "more draws or burn-in, or a smaller lr"
+            )
+    if not math.isfinite(est["llc_mean"]):
+        notes.append("LLC is NaN")
+    return not notes, "; ".join(notes)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _var(xs: Sequence[float]) -> float:
+    m = _mean(xs)
+    return sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    from training_with_unsloth.rundir import atomic_write_text
+
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: int(r["step"])))
+    atomic_write_text(path, buf.getvalue())
+
+
+def row_for(step: int, ests: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """One llc.csv row: the `all` estimate (or the first group's), per-chain values, health, group columns."""
+    main = ests.get("all") or next(iter(ests.values()))
+    healthy_all, notes = True, []
+    for group, est in ests.items():
+        ok, why = health(est, settings)
+        healthy_all &= ok
+        if why:
+            notes.append(why if group == "all" else f"[{group}] {why}")
+    row: dict[str, Any] = {"step": step, "llc_mean": main["llc_mean"], "llc_std": main["llc_std"]}
+    row.update({f"llc_chain_{i}": v for i, v in enumerate(main["per_chain"])})
+    row["init_loss"] = main["init_loss"]
+    row["healthy"] = healthy_all
+    row["notes"] = "; ".join(notes)
+    if "all" not in ests:
+        for group, est in ests.items():
+            row[f"llc_mean[{group}]"] = est["llc_mean"]
+            row[f"llc_std[{group}]"] = est["llc_std"]
+    return row
+
+
+def plot_traces(run: Any, steps: Sequence[int], settings: Settings, path: Path) -> Path:
+    """One panel per checkpoint: each chain's loss trace, the init loss and the burn-in boundary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training_with_unsloth.plots import save_figure
+
+    n = len(steps)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, step in zip(axes.flat, steps, strict=False):
+        data = json.loads((run.analysis / "traces" / f"step-{step}.json").read_text())
+        for group, est in data["estimates"].items():
+            for i, trace in enumerate(est["trace"]):
+                ax.plot(trace, lw=1, label=f"{group} chain {i}" if group != "all" else f"chain {i}")
+            ax.axhline(est["init_loss"], color="black", ls=":", lw=1)
+        ax.axvline(settings.burn_in - 0.5, color="grey", ls="--", lw=1)
+        ax.set_title(f"step {step}" + ("" if data["healthy"] else "  (unhealthy)"), fontsize=9, color="black" if data["healthy"] else "tab:red")
+        ax.set_xlabel("SGLD step", fontsize=8)
+        ax.set_ylabel("probe loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"{run.path.name}: SGLD loss traces (dotted: init loss, dashed: end of burn-in)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=200)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device: str, force: bool) -> list[dict[str, Any]]:
+    """LLC for each requested checkpoint not yet in llc.csv (all of them with `force`)."""
+    from tqdm.auto import tqdm
+
+    from training_with_unsloth.errors import UserError
+    from training_with_unsloth.rundir import atomic_write_json
+
+    run.analysis.mkdir(parents=True, exist_ok=True)
+    csv_path = run.analysis / "llc.csv"
+    settings_path = run.analysis / "llc_settings.json"
+    existing = read_csv(csv_path)
+    if existing and not force:
+        recorded = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+        if recorded != asdict(settings):
+            raise UserError(
+                f"{csv_path} was computed with other settings ({settings_path.name}); pass --force to recompute every step, "
+                "or repeat the recorded settings"
+            )
+    done = {int(r["step"]) for r in existing} if not force else set()
+    todo = [s for s in steps if s not in done]
+    rows = [r for r in existing if int(r["step"]) not in todo] if not force else []
+    if not todo:
+        print(f"all {len(steps)} requested checkpoints are already in {csv_path} (use --force to recompute)")
+        return rows
+
+    model, tokenizer = load_model(cfg, device)
+    probe = build_run_probe(run, cfg, model, tokenizer, settings, device)
+    groups = lora_groups(model, settings.restrict)
+    atomic_write_json(settings_path, asdict(settings))
+    print(
+        f"LLC over {len(todo)} checkpoint(s) {todo}: {sum(len(g) for g in groups.values())} LoRA tensors in "
+        f"{len(groups)} group(s), probe '{settings.probe}' of {probe.input_ids.shape[0]} x {probe.input_ids.shape[1]} tokens",
+        flush=True,
+    )
+    bar = tqdm(todo, desc="checkpoints", unit="ckpt")
+    for step in bar:
+        swap_adapter(model, run.adapter_dir(step))
+        ests = {name: estimate(model, probe, masks, settings, device) for name, masks in groups.items()}
+        row = row_for(step, ests, settings)
+        rows.append(row)
+        atomic_write_json(
+            run.analysis / "traces" / f"step-{step}.json",
+            {"step": step, "healthy": row["healthy"], "notes": row["notes"], "estimates": ests},
+        )
+        write_csv(csv_path, rows)  # after every checkpoint: an interruption loses at most the current one
+        bar.write(f"step {step}: llc {row['llc_mean']:.4g} +- {row['llc_std']:.3g}" + ("" if row["healthy"] else f"  UNHEALTHY: {row['notes']}"))
+    done_steps = sorted(int(r["step"]) for r in rows if (run.analysis / "traces" / f"step-{int(r['step'])}.json").is_file())
+    if done_steps:
+        plot_traces(run, done_steps, settings, run.analysis / "llc_traces.png")
+    return rows
+
+
+def calibrate(run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: list[float], *, device: str) -> dict[str, Any]:
+    """Grid of lr x n_beta on the first and last checkpoint; table, trace grid and a recommendation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training_with_unsloth.plots import save_figure
+    from training_with_unsloth.rundir import atomic_write_json
+
+    steps = sorted({run.adapter_steps()[0], run.adapter_steps()[-1]})
+    model, tokenizer = load_model(cfg, device)
+    probe = build_run_probe(run, cfg, model, tokenizer, base, device)
+    masks = lora_groups(model, None)["all"]
+    results = []
+    fig, axes = plt.subplots(len(lrs), len(n_betas), figsize=(3.6 * len(n_betas), 2.6 * len(lrs)), squeeze=False)
+    total = len(steps) * len(lrs) * len(n_betas)
+    t0, k = time.time(), 0
+    for step in steps:
+        swap_adapter(model, run.adapter_dir(step))
+        for i, lr in enumerate(lrs):
+            for j, nb in enumerate(n_betas):
+                s = replace(base, lr=lr, n_beta=nb)
+                est = estimate(model, probe, masks, s, device)
+                ok, why = health(est, s)
+                results.append({"step": step, "lr": lr, "n_beta": nb, "llc_mean": est["llc_mean"], "llc_std": est["llc_std"], "healthy": ok, "notes": why})
+                ax = axes[i][j]
+                for trace in est["trace"]:
+                    ax.plot(trace, lw=1, color="tab:blue" if step == steps[0] else "tab:orange", label=f"step {step}")
+                ax.set_title(f"lr {lr:g}, n_beta {nb:g}" + ("" if all(r["healthy"] for r in results if r["lr"] == lr and r["n_beta"] == nb) else " (unhealthy)"), fontsize=8)
+                ax.tick_params(labelsize=6)
+                k += 1
+                eta = (time.time() - t0) / k * (total - k)
+                print(f"[{k}/{total}] step {step} lr {lr:g} n_beta {nb:g}: llc {est['llc_mean']:.4g} {'healthy' if ok else 'UNHEALTHY: ' + why}  (ETA {eta:.0f}s)", flush=True)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=False))
+    fig.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper right")
+    fig.suptitle(f"{run.path.name}: calibration traces (blue: first checkpoint, orange: last)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, run.analysis / "calibration.png", dpi=200)
+    plt.close(fig)
+    write_csv(run.analysis / "calibration.csv", [{**r, "step": r["step"]} for r in results])
+
+    # Recommend: healthy on both checkpoints; then the smallest lr x n_beta spread between chains, larger lr first.
+    by_setting: dict[tuple[float, float], list[dict]] = {}
+    for r in results:
+        by_setting.setdefault((r["lr"], r["n_beta"]), []).append(r)
+    healthy = [(k, v) for k, v in by_setting.items() if all(r["healthy"] for r in v)]
+    if healthy:
+        (lr, nb), _ = min(healthy, key=lambda kv: (max(r["llc_std"] / max(abs(r["llc_mean"]), 1e-12) for r in kv[1]), -kv[0][0]))
+        rec = {"lr": lr, "n_beta": nb}
+    else:
+        rec = None
+    atomic_write_json(run.analysis / "calibration.json", {"steps": steps, "results": results, "recommended": rec})
+    print()
+    print(f"{'step':>6} {'lr':>9} {'n_beta':>7} {'llc_mean':>10} {'llc_std':>9}  healthy")
+    for r in results:
+        print(f"{r['step']:>6} {r['lr']:>9.3g} {r['n_beta']:>7.3g} {r['llc_mean']:>10.4g} {r['llc_std']:>9.3g}  {'yes' if r['healthy'] else 'no: ' + r['notes']}")
+    if rec:
+        print(f"\nrecommended: --lr {rec['lr']:g} --n-beta {rec['n_beta']:g} (healthy on steps {steps}, most consistent chains)")
+    else:
+        print("\nno setting was healthy on both checkpoints: widen the grid (smaller --lr values), raise --localization or --draws")
+    return {"results": results, "recommended": rec}
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _steps(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = Settings()
+    ap = argparse.ArgumentParser(
+        prog="llc.py",
+        description="LLCs over a run's adapter checkpoints (devinterp SGLD on the LoRA weights).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--run", required=True, help="run directory, e.g. runs/quickstart")
+    ap.add_argument("--checkpoints", type=_steps, default=None, help="comma-separated steps (default: every adapter checkpoint)")
+    ap.add_argument("--probe", choices=["reference", "rollouts"], default=d.probe, help="gold answers, or completions sampled once from a checkpoint")
+    ap.add_argument("--probe-from", type=int, default=None, help="checkpoint step the rollout probe is sampled from (default: the last)")
+    ap.add_argument("--num-probes", type=int, default=d.num_probes, help="held-out problems in the probe set")
+    ap.add_argument("--lr", type=float, default=d.lr, help="SGLD step size")
+    ap.add_argument("--n-beta", type=float, default=None, help="SGLD inverse temperature (default: batch_size / ln(batch_size))")
+    ap.add_argument("--localization", type=float, default=d.localization, help="pull toward the checkpoint's weights (gamma)")
+    ap.add_argument("--chains", type=int, default=d.chains)
+    ap.add_argument("--draws", type=int, default=d.draws)
+    ap.add_argument("--burn-in", type=int, default=d.burn_in)
+    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--max-drift", type=float, default=d.max_drift, help="trace drift (last vs second quarter) tolerated, as a fraction of the loss rise")
+    ap.add_argument("--restrict", choices=["layers", "attn-mlp"], default=None, help="refined LLCs per parameter group, one column each")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    ap.add_argument("--force", action="store_true", help="recompute steps already in llc.csv")
+    ap.add_argument("--calibrate", action="store_true", help="grid of --lr-grid x --n-beta-grid on the first and last checkpoint")
+    ap.add_argument("--lr-grid", type=_floats, default=[1e-5, 1e-4, 1e-3], help="comma-separated lrs for --calibrate")
+    ap.add_argument("--n-beta-grid", type=_floats, default=[3.0, 10.0], help="comma-separated n_beta values for --calibrate")
+    ap.add_argument("--no-figure", action="store_true", help="skip the combined figure at the end")
+    args = ap.parse_args(argv)
+
+    from training_with_unsloth.errors import UserError
+
+    try:
+        run, cfg = load_run(args.run)
+        import torch
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        settings = Settings(
+            lr=args.lr, n_beta=args.n_beta, localization=args.localization, chains=args.chains, draws=args.draws,
+            burn_in=args.burn_in, batch_size=args.batch_size, seed=args.seed, probe=args.probe,
+            probe_from=args.probe_from, num_probes=args.num_probes, restrict=args.restrict, max_drift=args.max_drift,
+        )  # fmt: skip
+        if args.calibrate:
+            calibrate(run, cfg, settings, args.lr_grid, args.n_beta_grid, device=device)
+            return 0
+        available = run.adapter_steps()
+        steps = args.checkpoints or available
+        missing = [s for s in steps if s not in available]
+        if missing:
+            raise UserError(f"--checkpoints {missing}: no such adapter checkpoints; the run has {available}")
+        run_llc(run, cfg, settings, steps, device=device, force=args.force)
+        print(f"wrote {run.analysis / 'llc.csv'} and {run.analysis / 'llc_traces.png'}")
+        if not args.no_figure:
+            from analysis.plot_run import plot_run
+
+            for path in plot_run(run.path):
+                print(f"wrote {path}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: llc.csv holds every checkpoint finished so far; rerun to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""LLC over adapter checkpoints on a tiny model: CSV contract, reruns, masks, health checks, probe loss."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from analysis import llc
+from analysis.probe import build_probe
+
+from .conftest import REPO
+
+FAST = ["--chains", "2", "--draws", "4", "--burn-in", "1", "--batch-size", "2", "--num-probes", "4", "--lr", "1e-4", "--no-figure"]
+
+
+@pytest.fixture
+def run_copy(tiny_run_dir, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, dst)
+    return dst
+
+
+def rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_has_a_row_per_checkpoint_and_reruns_skip(run_copy, capsys):
+    assert llc.main(["--run", str(run_copy), *FAST]) == 0
+    out = run_copy / "analysis" / "llc.csv"
+    table = rows(out)
+    assert [int(r["step"]) for r in table] == [2, 4]
+    assert list(table[0]) == ["step", "llc_mean", "llc_std", "llc_chain_0", "llc_chain_1", "init_loss", "healthy", "notes"]
+    for r in table:
+        assert float(r["init_loss"]) > 0 and r["healthy"] in ("True", "False")
+        chains = [float(r["llc_chain_0"]), float(r["llc_chain_1"])]
+        assert float(r["llc_mean"]) == pytest.approx(sum(chains) / 2, rel=1e-5, abs=1e-6)
+        assert (r["healthy"] == "True") == (r["notes"] == "")
+    assert (run_copy / "analysis" / "llc_traces.png").is_file()
+    assert (run_copy / "analysis" / "traces" / "step-4.json").is_file()
+
+    before = out.read_text()
+    capsys.readouterr()
+    assert llc.main(["--run", str(run_copy), *FAST]) == 0
+    assert "already in" in capsys.readouterr().out
+    assert out.read_text() == before
+
+    assert llc.main(["--run", str(run_copy), *FAST[:-1], "--lr", "2e-4", "--no-figure"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_restrict_attn_mlp_adds_group_columns(run_copy):
+    assert llc.main(["--run", str(run_copy), *FAST, "--restrict", "attn-mlp", "--checkpoints", "4"]) == 0
+    (row,) = rows(run_copy / "analysis" / "llc.csv")
+    assert {"llc_mean[attn]", "llc_std[attn]", "llc_mean[mlp]", "llc_std[mlp]"} <= set(row)
+    assert row["llc_mean"] == row["llc_mean[attn]"]
+
+
+def test_sampling_touches_only_lora_weights(run_copy, monkeypatch):
+    import devinterp.slt.llc as devinterp_llc
+
+    run, cfg = llc.load_run(run_copy)
+    model, tokenizer = llc.load_model(cfg, "cpu")
+    llc.swap_adapter(model, run.adapter_dir(4))
+    settings = llc.Settings(chains=1, draws=3, burn_in=1, batch_size=2, num_probes=4)
+    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    masks = llc.lora_groups(model, None)["all"]
+
+    lora_numel = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert sum(dict(model.named_parameters())[n].numel() for n in masks) == lora_numel == trainable
+
+    seen = {}
+    real_sample = devinterp_llc.sample
+
+    def spy(*args, **kwargs):
+        seen["masks"] = kwargs["param_masks"]
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(devinterp_llc, "sample", spy)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    est = llc.estimate(model, probe, masks, settings, "cpu")
+    assert set(seen["masks"]) == set(masks) and all(v is None for v in seen["masks"].values())
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), name
+    assert len(est["trace"]) == 1 and len(est["trace"][0]) == settings.burn_in + settings.draws
+
+
+def test_adapter_swap_loads_each_checkpoint(run_copy):
+    from safetensors.torch import load_file
+
+    run, cfg = llc.load_run(run_copy)
+    model, _ = llc.load_model(cfg, "cpu")
+    for step in (2, 4):
+        llc.swap_adapter(model, run.adapter_dir(step))
+        saved = load_file(run.adapter_dir(step) / "adapter_model.safetensors")
+        live = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        for key, tensor in saved.items():
+            match = [p for n, p in live.items() if n.replace(".default", "") == key]
+            assert len(match) == 1 and torch.equal(match[0], tensor), key
+
+
+def test_probe_loss_scores_completion_tokens_only(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "What is 13 + 29? Reply."}]]
+    probe = build_probe(tok, prompts, ["4", "The answer is 42"])
+    assert probe.input_ids.shape[0] == 2
+    per_token = probe.loss_fn()(model, probe.input_ids)
+    assert per_token.shape == (2, probe.input_ids.shape[1] - 1)
+    for i, (start, end) in enumerate(probe.spans):
+        assert torch.all(per_token[i, :start] == 0) and torch.all(per_token[i, end:] == 0)
+        ids = probe.input_ids[i, : end + 1]
+        with torch.no_grad():
+            logits = model(ids[None]).logits[0, :-1]
+        ce = torch.nn.functional.cross_entropy(logits[start:end], ids[start + 1 : end + 1])
+        torch.testing.assert_close(per_token[i].mean(), ce, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="not in its probe set"):
+        probe.loss_fn()(model, probe.input_ids.flip(1))
+
+
+def _est(per_chain, traces, init=1.0):
+    return {"llc_mean": sum(per_chain) / len(per_chain), "llc_std": 0.0, "per_chain": per_chain, "trace": traces, "init_loss": init, "failures": []}
+
+
+def test_health_checks():
+    s = llc.Settings(burn_in=2, max_drift=0.25)
+    settled = [1.0, 1.05] + [1.1 + 0.001 * (-1) ** i for i in range(16)]
+    drifting = [1.0, 1.05] + [1.1 + 0.02 * i for i in range(16)]
+    assert llc.health(_est([5.0], [settled]), s) == (True, "")
+    ok, why = llc.health(_est([-1.0], [settled]), s)
+    assert not ok and "negative" in why
+    ok, why = llc.health(_est([5.0], [drifting]), s)
+    assert not ok and "not settled" in why
+    ok, why = llc.health(_est([float("nan")], [settled]), s)
+    assert not ok and "NaN" in why
+
+
+def test_calibrate_prints_table_and_recommendation(run_copy, capsys):
+    args = ["--run", str(run_copy), "--calibrate", "--chains", "1", "--draws", "4", "--burn-in", "1", "--batch-size", "2",
+            "--num-probes", "4", "--lr-grid", "1e-5,1e-4", "--n-beta-grid", "2,10"]  # fmt: skip
+    assert llc.main(args) == 0
+    out = capsys.readouterr().out
+    assert "llc_mean" in out and ("recommended: --lr" in out or "no setting was healthy" in out)
+    table = rows(run_copy / "analysis" / "calibration.csv")
+    assert len(table) == 2 * 2 * 2  # 2 checkpoints x 2 lr x 2 n_beta
+    assert (run_copy / "analysis" / "calibration.png").is_file()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "analysis/llc.py", "--run", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "not a run directory" in proc.stderr and proc.stderr.count("\n") == 1
