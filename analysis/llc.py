@@ -39,16 +39,16 @@ LLC_COLUMNS = ("step", "llc_mean", "llc_std")
 class Settings:
     """SGLD and probe settings; recorded in `llc_settings.json` so reruns never mix settings.
 
-    Defaults: the seed project's sampler (lr 1e-5, localization 100, n_beta = batch/ln(batch)),
-    which `--calibrate` on the quickstart run found healthy on its first and last checkpoint,
-    with fewer draws so five checkpoints take minutes on a CPU.
+    Defaults: localization 100 and n_beta = batch/ln(batch) as in the apart-physics seed; lr 1e-4,
+    where `--calibrate` on the quickstart run found chains that move yet stay healthy (at 1e-5 the
+    LoRA weights barely move and the LLC is ~0); few draws, so five checkpoints take minutes on a CPU.
     """
 
     def __post_init__(self) -> None:
         if self.n_beta is None:
             object.__setattr__(self, "n_beta", self.batch_size / math.log(self.batch_size) if self.batch_size > 1 else 1.0)
 
-    lr: float = 1e-5
+    lr: float = 1e-4
     n_beta: float | None = None  # None: batch_size / ln(batch_size), devinterp's usual default
     localization: float = 100.0
     chains: int = 2
@@ -358,16 +358,17 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
     csv_path = run.analysis / "llc.csv"
     settings_path = run.analysis / "llc_settings.json"
     existing = read_csv(csv_path)
-    if existing and not force:
-        recorded = json.loads(settings_path.read_text()) if settings_path.is_file() else None
-        if recorded != asdict(settings):
+    recorded = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+    if existing and recorded != asdict(settings):
+        if not force:
             raise UserError(
-                f"{csv_path} was computed with other settings ({settings_path.name}); pass --force to recompute every step, "
+                f"{csv_path} was computed with other settings ({settings_path.name}); pass --force to recompute, "
                 "or repeat the recorded settings"
             )
-    done = {int(r["step"]) for r in existing} if not force else set()
+        existing = []  # rows from other settings must not sit beside the new ones
+    done = set() if force else {int(r["step"]) for r in existing}
     todo = [s for s in steps if s not in done]
-    rows = [r for r in existing if int(r["step"]) not in todo] if not force else []
+    rows = [r for r in existing if int(r["step"]) not in todo]
     if not todo:
         print(f"all {len(steps)} requested checkpoints are already in {csv_path} (use --force to recompute)")
         return rows

@@ -158,3 +158,11 @@ def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "analysis/llc.py", "--run", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "not a run directory" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_force_recomputes_only_the_requested_steps(run_copy):
+    assert llc.main(["--run", str(run_copy), *FAST]) == 0
+    first = {r["step"]: r for r in rows(run_copy / "analysis" / "llc.csv")}
+    assert llc.main(["--run", str(run_copy), *FAST, "--force", "--checkpoints", "4"]) == 0
+    again = {r["step"]: r for r in rows(run_copy / "analysis" / "llc.csv")}
+    assert sorted(again) == ["2", "4"] and again["2"] == first["2"]
