@@ -195,28 +195,36 @@ def estimate(model: Any, probe: Any, masks: dict[str, None] | None, settings: Se
 
     from devinterp.slt.llc import llc
 
-    with tempfile.TemporaryDirectory(prefix="llc-") as tmp, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = llc(
-            model,
-            probe.dataset(),
-            {},
-            lr=settings.lr,
-            n_beta=settings.n_beta,
-            param_masks=masks,
-            loss_fn=probe.loss_fn(),
-            num_chains=settings.chains,
-            num_draws=settings.draws,
-            num_burnin_steps=settings.burn_in,
-            batch_size=settings.batch_size,
-            localization=settings.localization,
-            init_seed=settings.seed,
-            num_init_loss_batches=max(1, len(probe.texts) // settings.batch_size),  # the whole probe set once
-            device=device,
-            output_path=Path(tmp) / "samples.zarr",
-        )
-        per_chain = [float(x) for x in result["llc_per_chain"].values]
-        trace = result["loss_trace"].values.tolist()
+    # All weights (masks None): PEFT froze the base, and SGLD only moves parameters that get gradients.
+    frozen = [p for p in model.parameters() if not p.requires_grad] if masks is None else []
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="llc-") as tmp, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = llc(
+                model,
+                probe.dataset(),
+                {},
+                lr=settings.lr,
+                n_beta=settings.n_beta,
+                param_masks=masks,
+                loss_fn=probe.loss_fn(),
+                num_chains=settings.chains,
+                num_draws=settings.draws,
+                num_burnin_steps=settings.burn_in,
+                batch_size=settings.batch_size,
+                localization=settings.localization,
+                init_seed=settings.seed,
+                num_init_loss_batches=max(1, len(probe.texts) // settings.batch_size),  # the whole probe set once
+                device=device,
+                output_path=Path(tmp) / "samples.zarr",
+            )
+            per_chain = [float(x) for x in result["llc_per_chain"].values]
+            trace = result["loss_trace"].values.tolist()
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     failures = [str(w.message) for w in caught if "Chain failed" in str(w.message)]
     return {
         "llc_mean": float(result["llc_mean"]),

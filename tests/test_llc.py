@@ -166,3 +166,14 @@ def test_force_recomputes_only_the_requested_steps(run_copy):
     assert llc.main(["--run", str(run_copy), *FAST, "--force", "--checkpoints", "4"]) == 0
     again = {r["step"]: r for r in rows(run_copy / "analysis" / "llc.csv")}
     assert sorted(again) == ["2", "4"] and again["2"] == first["2"]
+
+
+def test_all_weights_mode_samples_the_base_too(run_copy):
+    run, cfg = llc.load_run(run_copy)
+    model, tokenizer = llc.load_model(cfg, "cpu")
+    settings = llc.Settings(chains=1, draws=3, burn_in=1, batch_size=2, num_probes=4, lr=1e-3)
+    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    lora_only = llc.estimate(model, probe, llc.lora_groups(model, None)["all"], settings, "cpu")
+    everything = llc.estimate(model, probe, None, settings, "cpu")
+    assert lora_only["trace"] != everything["trace"]  # the base weights moved too
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)  # frozen again
