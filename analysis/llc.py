@@ -88,7 +88,12 @@ def load_model(cfg: Any, device: str):
     backend = "unsloth" if device.startswith("cuda") and backends.resolve_backend(cfg.model.backend) == "unsloth" else "transformers"
     backends.offline_environment(cfg.model.download)
     backends.prepare(backend)
-    loaded = backends.load(cfg.model, backend, seed=cfg.seed, gradient_checkpointing=False)
+    model_cfg = cfg.model
+    if model_cfg.load_in_4bit and not device.startswith("cuda"):
+        # A QLoRA run analysed on a CPU: its adapters are plain PEFT files; put them on the 16-bit base.
+        print("note: the run used a 4-bit base; on the CPU its adapters are loaded onto the 16-bit base weights")
+        model_cfg = model_cfg.model_copy(update={"load_in_4bit": False})
+    loaded = backends.load(model_cfg, backend, seed=cfg.seed, gradient_checkpointing=False)
     model = loaded.model
     if loaded.peft_config is not None:
         from peft import get_peft_model
