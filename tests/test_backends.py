@@ -98,3 +98,19 @@ def test_install_rebinds_trl_and_is_idempotent():
     logprob_fallback.install()
     assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbDispatch
     assert ChunkedLogProbDispatch.kernel is not ChunkedLogProbDispatch
+
+
+def test_nothing_imports_trl_transformers_or_peft_before_the_backend_is_chosen():
+    """Unsloth must be imported before these (STACK.md); config, tasks, rewards and the runner must not pull them in."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    code = (
+        "import sys, training_with_unsloth.experiment, training_with_unsloth.config, tasks, rewards; "
+        "print(sorted(m for m in ('trl', 'transformers', 'peft', 'unsloth') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
