@@ -296,7 +296,8 @@ def _closest(name: str, options: Iterable[str]) -> str:
     return f"; available: {shown}" + (" ..." if len(options) > 8 else "") if options else "; no columns available"
 
 
-def _number(text) -> float:
+def to_number(text) -> float:
+    """A CSV/JSON cell as a float: numbers, 'true'/'false', numeric strings; anything else is NaN."""
     if text is None:
         return math.nan
     if isinstance(text, bool):
@@ -343,8 +344,8 @@ def load_csv_series(path: str | Path, column: str, *, step_column: str | None = 
     sc = find_step_column(header, step_column)
     if column not in header:
         raise SeriesError(f"column {column!r} not in {path}{_closest(column, [h for h in header if h != sc])}")
-    steps = np.array([_number(r.get(sc)) for r in rows], dtype=float)
-    values = np.array([_number(r.get(column)) for r in rows], dtype=float)
+    steps = np.array([to_number(r.get(sc)) for r in rows], dtype=float)
+    values = np.array([to_number(r.get(column)) for r in rows], dtype=float)
     return steps, values
 
 
@@ -383,8 +384,8 @@ def load_run_series(run: RunDir | str | Path, column: str) -> tuple[np.ndarray, 
     steps, values = [], []
     for rec in run.read_metrics():
         if rec.get("kind") == cols[column] and column in rec and "step" in rec:
-            steps.append(_number(rec["step"]))
-            values.append(_number(rec[column]))
+            steps.append(to_number(rec["step"]))
+            values.append(to_number(rec[column]))
     return np.array(steps, dtype=float), np.array(values, dtype=float)
 
 

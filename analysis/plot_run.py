@@ -42,6 +42,7 @@ from analysis.phases import (  # noqa: E402
     read_csv_columns,
     read_phases_json,
     smooth_series,
+    to_number,
 )
 from training_with_unsloth.plots import save_figure  # noqa: E402
 from training_with_unsloth.rundir import RunDir, read_jsonl  # noqa: E402
@@ -83,24 +84,8 @@ class RunData:
     windows: list[Window]
 
 
-def _num(v) -> float:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, int | float):
-        return float(v)
-    if v is None:
-        return math.nan
-    s = str(v).strip()
-    if s.lower() in ("true", "false"):
-        return float(s.lower() == "true")
-    try:
-        return float(s)
-    except ValueError:
-        return math.nan
-
-
 def _series(records: list[dict], key: str) -> Series:
-    pts = sorted((float(r["step"]), _num(r[key])) for r in records if key in r and "step" in r)
+    pts = sorted((float(r["step"]), to_number(r[key])) for r in records if key in r and "step" in r)
     pts = [p for p in pts if math.isfinite(p[1])]
     return Series(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
 
@@ -116,10 +101,10 @@ def read_llc(run: RunDir) -> LLCTable | None:
         return None
     if "step" not in header or "llc_mean" not in header:
         return None
-    rows = sorted((r for r in rows if math.isfinite(_num(r.get("step")))), key=lambda r: _num(r["step"]))
+    rows = sorted((r for r in rows if math.isfinite(to_number(r.get("step")))), key=lambda r: to_number(r["step"]))
 
     def col(name: str) -> np.ndarray:
-        return np.array([_num(r.get(name)) for r in rows], dtype=float)
+        return np.array([to_number(r.get(name)) for r in rows], dtype=float)
 
     healthy = np.array([str(r.get("healthy", "True")).strip().lower() not in ("false", "0", "no") for r in rows], dtype=bool)
     std = col("llc_std") if "llc_std" in header else np.zeros(len(rows))
