@@ -13,7 +13,8 @@ class Task(ABC):
     """A task: ``build`` makes seeded, disjoint train/eval sets; ``is_correct`` and ``gold`` judge rows.
 
     Rows hold a chat ``prompt`` (list of role/content dicts), a canonical ``problem_id`` and the
-    columns the task's rewards read.
+    columns the task's rewards read. Eval rows may carry a ``condition`` string (e.g. "5d-3t" or
+    "one_shot"): evaluation then also reports accuracy per condition.
     """
 
     name: ClassVar[str]
@@ -34,3 +35,15 @@ class Task(ABC):
     @abstractmethod
     def gold(self, row: dict[str, Any]) -> str:
         """A correct completion for ``row`` in the format the prompt asks for."""
+
+    @property
+    def uses_progress(self) -> bool:
+        """Whether training prompts depend on ``set_progress`` (then data loading must stay in-process)."""
+        return False
+
+    def set_progress(self, fraction: float) -> None:
+        """Training progress in [0, 1], set before every optimizer step (and on resume).
+
+        Tasks whose training prompts follow a schedule (Countdown's ``mix_oneshot``) override this
+        and read it in a ``Dataset.set_transform`` of their train set; the default ignores it.
+        """

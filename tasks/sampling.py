@@ -51,3 +51,10 @@ def _draw_new(rng: random.Random, draw: Draw, taken: dict[str, Problem]) -> Prob
         if problem is not None and problem["problem_id"] not in taken:
             return problem
     return None
+
+
+def normalise_operators(value: str, allowed: str) -> str:
+    """``value``'s operators in ``allowed``'s order; a ValueError (pydantic's message) unless a non-empty subset."""
+    if not value or set(value) - set(allowed):
+        raise ValueError(f"operators must be a non-empty subset of '{allowed}'")
+    return "".join(op for op in allowed if op in value)

@@ -107,7 +107,11 @@ def test_brevity(completions):
 
 
 def test_registry_names_and_binding():
-    assert rewards.names() == ["brevity", "countdown_correct", "format_tags", "last_number_correct"]
+    required = {
+        "format_tags", "countdown_correct", "arithmetic_shaped", "addition_correct", "gsm8k_correct", "numeric",
+        "digits_only", "xml_count", "length_penalty", "anomaly_free", "last_number_correct", "brevity",
+    }  # fmt: skip
+    assert required <= set(rewards.names())
     fn = rewards.get("format_tags", think=0.5)
     assert fn.__name__ == "format_tags"
     assert fn(prompts=[None], completions=[chat("<think>x</think><answer>y</answer>")], **TRL_EXTRAS) == [

@@ -71,7 +71,40 @@ class MetricsLogger(_Bound):
         if not logs or not state.is_world_process_zero:
             return
         kind = "summary" if "train_runtime" in logs else "train"
-        self.run.append_metrics({"step": state.global_step, "kind": kind, "time": time.time(), **logs})
+        self.run.append_metrics({"step": state.global_step, "kind": kind, "time": time.time(), **logs, **_gpu_memory()})
+
+
+def _gpu_memory() -> dict[str, float]:
+    """Peak and reserved CUDA memory in GiB since the start (what decides whether a run fits a 16 GB card)."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    gib = 1024**3
+    return {
+        "gpu/max_allocated_gib": torch.cuda.max_memory_allocated() / gib,
+        "gpu/max_reserved_gib": torch.cuda.max_memory_reserved() / gib,
+    }
+
+
+class TaskProgress(TrainerCallback):
+    """Tells the task how far training is (`global_step / max_steps`), for prompt schedules like `mix_oneshot`.
+
+    Set at the start (also on resume, from the restored step) and after every optimizer step; the
+    trainer may already hold the next batch by then, so a schedule lags by at most a step or two.
+    """
+
+    def __init__(self, task: Any):
+        self.task = task
+
+    def _update(self, state) -> None:
+        self.task.set_progress(min(1.0, state.global_step / max(state.max_steps, 1)))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._update(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._update(state)
 
 
 class PassKCallback(_Bound):

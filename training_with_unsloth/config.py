@@ -174,6 +174,9 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     rewards: list[RewardSpec] | None = None
+    rewards_on_error: Literal["raise", "zero", "skip"] = Field(
+        "raise", description="a reward that raises: stop (raise), score 0.0 (zero), or None so TRL ignores it (skip)"
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     eval: EvalConfig = EvalConfig()
     checkpoints: CheckpointConfig = CheckpointConfig(log_spaced=8)

@@ -14,18 +14,28 @@ from .rundir import RunDir, atomic_write_text, to_json
 class Generator(Protocol):
     def generate_completions(
         self, prompts: list, *, num_samples: int, greedy: bool, temperature: float, max_new_tokens: int, batch_size: int
-    ) -> tuple[list[list[str]], list[list[int]]]: ...
+    ) -> tuple[list[list[str]], list[list[list[int]]]]: ...
 
 
 def score_rewards(
-    reward_funcs: Sequence[Callable], prompts: list, texts: list[str], rows: list[dict[str, Any]]
+    reward_funcs: Sequence[Callable],
+    prompts: list,
+    texts: list[str],
+    rows: list[dict[str, Any]],
+    *,
+    completion_ids: list[list[int]] | None = None,
+    trainer_state: Any = None,
 ) -> dict[str, list[float | None]]:
-    """Each reward function on plain completions, called the way TRL calls it (chat completions, columns)."""
+    """Each reward function on plain completions, called the way TRL calls it (chat completions, columns,
+    `completion_ids`, `trainer_state`)."""
     completions = [[{"role": "assistant", "content": t}] for t in texts]
     columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"} if rows else {}
+    extra: dict[str, Any] = {"trainer_state": trainer_state}
+    if completion_ids is not None:
+        extra["completion_ids"] = completion_ids
     out = {}
     for fn in reward_funcs:
-        values = fn(prompts=prompts, completions=completions, **columns)
+        values = fn(prompts=prompts, completions=completions, **columns, **extra)
         out[fn.__name__] = [None if v is None else float(v) for v in values]
     return out
 
@@ -33,6 +43,42 @@ def score_rewards(
 def _mean(values: Sequence[float | None]) -> float:
     valid = [v for v in values if v is not None]
     return sum(valid) / len(valid) if valid else float("nan")
+
+
+def select_rows(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The first ``k`` rows, taken round-robin across conditions when rows carry one (so none is left out)."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row.get("condition"), []).append(row)
+    if len(groups) <= 1:
+        return rows[:k]
+    picked: list[dict[str, Any]] = []
+    queues = [iter(g) for g in groups.values()]
+    while len(picked) < k and queues:
+        alive = []
+        for q in queues:
+            row = next(q, None)
+            if row is not None and len(picked) < k:
+                picked.append(row)
+                alive.append(q)
+        queues = alive
+    return picked
+
+
+def _per_condition(
+    rows: list[dict[str, Any]], correct: list[list[bool]], greedy_correct: list[bool] | None, n: int
+) -> dict[str, float]:
+    """`eval/condition/<c>/sample_accuracy` (and `/greedy_pass@1`) for rows that carry a `condition`."""
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.get("condition") is not None:
+            groups.setdefault(str(row["condition"]), []).append(i)
+    out: dict[str, float] = {}
+    for cond, idx in sorted(groups.items()):
+        out[f"eval/condition/{cond}/sample_accuracy"] = sum(sum(correct[i]) for i in idx) / (len(idx) * n)
+        if greedy_correct is not None:
+            out[f"eval/condition/{cond}/greedy_pass@1"] = sum(greedy_correct[i] for i in idx) / len(idx)
+    return out
 
 
 class PassKEvaluator:
@@ -50,7 +96,7 @@ class PassKEvaluator:
         run: RunDir,
     ):
         self.task = task
-        self.rows = eval_rows[: cfg.num_problems]
+        self.rows = select_rows(eval_rows, cfg.num_problems)
         self.reward_funcs = list(reward_funcs)
         self.weights = list(reward_weights)
         self.cfg = cfg
@@ -63,13 +109,17 @@ class PassKEvaluator:
         t0 = time.perf_counter()
         prompts = [r["prompt"] for r in rows]
         gen = dict(max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature)
-        samples, lengths = generator.generate_completions(prompts, num_samples=cfg.num_samples, greedy=False, **gen)
+        samples, sample_ids = generator.generate_completions(prompts, num_samples=cfg.num_samples, greedy=False, **gen)
         greedy = generator.generate_completions(prompts, num_samples=1, greedy=True, **gen)[0] if cfg.greedy else None
 
         flat_texts = [t for group in samples for t in group]
         flat_rows = [row for row in rows for _ in range(cfg.num_samples)]
         flat_prompts = [row["prompt"] for row in flat_rows]
-        rewards = score_rewards(self.reward_funcs, flat_prompts, flat_texts, flat_rows)
+        flat_ids = [ids for group in sample_ids for ids in group]
+        state = getattr(generator, "state", None)
+        rewards = score_rewards(
+            self.reward_funcs, flat_prompts, flat_texts, flat_rows, completion_ids=flat_ids, trainer_state=state
+        )
         correct = [[bool(self.task.is_correct(t, row)) for t in group] for group, row in zip(samples, rows, strict=True)]
         greedy_correct = (
             [bool(self.task.is_correct(g[0], row)) for g, row in zip(greedy, rows, strict=True)] if greedy else None
@@ -83,6 +133,7 @@ class PassKEvaluator:
                 {
                     "step": step,
                     "problem_id": row.get("problem_id", str(i)),
+                    **({"condition": row["condition"]} if row.get("condition") is not None else {}),
                     "prompt": row["prompt"],
                     "gold": self.task.gold(row),
                     "samples": samples[i],
@@ -100,11 +151,12 @@ class PassKEvaluator:
         if greedy_correct is not None:
             metrics["eval/greedy_pass@1"] = sum(greedy_correct) / len(greedy_correct)
         metrics["eval/sample_accuracy"] = sum(map(sum, correct)) / (len(correct) * n)
+        metrics.update(_per_condition(rows, correct, greedy_correct, n))
         total = [0.0] * len(flat_texts)
         for (name, vals), w in zip(rewards.items(), self.weights, strict=True):
             metrics[f"eval/rewards/{name}"] = _mean(vals)
             total = [t + w * (v if v is not None else 0.0) for t, v in zip(total, vals, strict=True)]
         metrics["eval/reward"] = _mean(total)
-        metrics["eval/completion_length"] = _mean([float(x) for group in lengths for x in group])
+        metrics["eval/completion_length"] = _mean([float(len(ids)) for ids in flat_ids])
         metrics["eval/seconds"] = time.perf_counter() - t0
         return metrics

@@ -38,18 +38,18 @@ def prepare(cfg: ExperimentConfig, *, cuda: bool | None = None) -> Prepared:
     backend = backends.resolve_backend(cfg.model.backend, cuda=cuda)
     task = task_registry.get(cfg.task.name, **cfg.task.params)
     specs = [r.model_dump() for r in cfg.rewards] if cfg.rewards is not None else [dict(r) for r in task.default_rewards]
-    reward_registry.build(specs)  # raises a ConfigError for an unknown reward or parameter
-    eval_size = getattr(task.params, "eval_size", None)
-    if cfg.eval.enabled and eval_size is not None and cfg.eval.num_problems > eval_size:
+    reward_registry.build(specs, on_error=cfg.rewards_on_error)  # raises a ConfigError for an unknown reward or parameter
+    if task.uses_progress and cfg.trainer.get("dataloader_num_workers", 0):
         raise ConfigError(
-            f"eval.num_problems ({cfg.eval.num_problems}) exceeds task.eval_size ({eval_size}): lower one or raise the other"
+            f"task '{cfg.task.name}' changes its prompts during training (e.g. mix_oneshot), which data-loader worker "
+            "processes would not see: set trainer.dataloader_num_workers: 0"
         )
     return Prepared(
         cfg, backend, task, specs, eval_steps(cfg.eval, cfg.max_steps), checkpoint_steps(cfg.checkpoints, cfg.max_steps)
     )
 
 
-def _steps_text(steps: list[int], limit: int = 16) -> str:
+def _steps_text(steps: list, limit: int = 16) -> str:
     if len(steps) <= limit:
         return ", ".join(map(str, steps))
     return ", ".join(map(str, steps[: limit - 2])) + f", ... , {steps[-1]} ({len(steps)} in all)"
@@ -95,6 +95,24 @@ def plan_text(p: Prepared, *, cuda: bool, resume_from: str | None = None) -> str
         f"logging    metrics.jsonl, plots/, wandb {cfg.logging.wandb}",
     ]
     return "\n".join(lines + [f"note       {n}" for n in notes])
+
+
+def check_eval_size(cfg: ExperimentConfig, eval_ds: Any) -> None:
+    """eval.num_problems must not exceed the held-out rows the task built (one per problem and condition)."""
+    if cfg.eval.enabled and cfg.eval.num_problems > len(eval_ds):
+        raise ConfigError(
+            f"eval.num_problems ({cfg.eval.num_problems}) exceeds the {len(eval_ds)} held-out problems task "
+            f"'{cfg.task.name}' built: lower eval.num_problems or raise the task's eval size"
+        )
+
+
+def data_text(train_ds: Any, eval_ds: Any) -> str:
+    """One plan line: dataset sizes, and the eval conditions when rows carry them."""
+    text = f"data       {len(train_ds)} training prompts, {len(eval_ds)} held-out problems"
+    if "condition" in eval_ds.column_names:
+        conditions = sorted({str(c) for c in eval_ds["condition"]})
+        text += f" in {len(conditions)} conditions ({_steps_text(conditions, 12)})"
+    return text
 
 
 def _check_resume(cfg: ExperimentConfig, run: RunDir) -> str:
@@ -184,12 +202,15 @@ def run_experiment(
         )
 
     backends.prepare(prep.backend)  # before anything imports trl (Unsloth patches it on import)
-    funcs, weights = reward_registry.build(prep.reward_specs)
+    funcs, weights = reward_registry.build(prep.reward_specs, on_error=cfg.rewards_on_error)
     args = build_grpo_config(cfg, run, weights, cuda=cuda)
     if dry_run:
+        train_ds, eval_ds = prep.task.build(cfg.seed)  # also proves a task's data files or cached dataset load
+        check_eval_size(cfg, eval_ds)
         print(cfg.to_yaml().rstrip())
         print("---")
         print(plan_text(prep, cuda=cuda, resume_from=resume_from))
+        print(data_text(train_ds, eval_ds))
         return None
 
     from transformers import set_seed
@@ -203,6 +224,7 @@ def run_experiment(
     try:
         set_seed(cfg.seed)
         train_ds, eval_ds = prep.task.build(cfg.seed)
+        check_eval_size(cfg, eval_ds)
         loaded = backends.load(
             cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(args.gradient_checkpointing)
         )
@@ -239,12 +261,12 @@ def run_experiment(
 def research_callbacks(
     prep: Prepared, run: RunDir, eval_ds: Any, funcs: list, weights: list[float], max_completion_length: int
 ) -> list[Any]:
-    """The callbacks a run gets: metrics log, Pass@K schedule, adapter snapshots, live plots."""
-    from .callbacks import AdapterCheckpoints, CompactProgress, LivePlots, MetricsLogger, PassKCallback
+    """The callbacks a run gets: metrics log, task progress, Pass@K schedule, adapter snapshots, live plots."""
+    from .callbacks import AdapterCheckpoints, CompactProgress, LivePlots, MetricsLogger, PassKCallback, TaskProgress
     from .evaluation import PassKEvaluator
 
     cfg = prep.cfg
-    callbacks: list[Any] = [MetricsLogger(run)]
+    callbacks: list[Any] = [MetricsLogger(run), TaskProgress(prep.task)]
     if not cfg.trainer.get("disable_tqdm", False):
         callbacks.append(CompactProgress())
     passk = None

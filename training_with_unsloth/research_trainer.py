@@ -79,10 +79,10 @@ class ResearchGRPOTrainer(GRPOTrainer):
         temperature: float,
         max_new_tokens: int,
         batch_size: int,
-    ) -> tuple[list[list[str]], list[list[int]]]:
+    ) -> tuple[list[list[str]], list[list[list[int]]]]:
         """`num_samples` completions per prompt through the trainer's own generation path.
 
-        Returns the decoded texts and their token lengths, grouped per prompt.
+        Returns the decoded texts and their token ids, grouped per prompt.
         """
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
         flat = [ids for ids in prompt_ids for _ in range(num_samples)]
@@ -96,4 +96,4 @@ class ResearchGRPOTrainer(GRPOTrainer):
                 completion_ids.extend(list(map(int, c)) for c in ids)
         texts = self._tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         group = lambda xs: [xs[i : i + num_samples] for i in range(0, len(xs), num_samples)]  # noqa: E731
-        return group(texts), group([len(c) for c in completion_ids])
+        return group(texts), group(completion_ids)
