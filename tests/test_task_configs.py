@@ -78,3 +78,19 @@ def test_config_trains_two_steps(config, tmp_path, tiny_model_dir):
     evals = [r for r in metrics if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 2] and all(0.0 <= r["eval/pass@1"] <= 1.0 for r in evals)
     assert run.adapter_steps() == [1, 2]
+
+
+def test_dry_run_reports_unavailable_data_and_succeeds(tmp_path, capsys):
+    cfg = load_config(
+        REPO / "experiment_configs" / "gsm8k.yaml", [f"output_dir={tmp_path}", f"task.data={tmp_path / 'missing.jsonl'}"]
+    )
+    assert run_experiment(cfg, dry_run=True) is None
+    out = capsys.readouterr().out
+    assert "note       task 'gsm8k': data file" in out and "does not exist" in out
+    assert not (tmp_path / "gsm8k").exists()
+
+
+def test_dry_run_shows_data_sizes_and_conditions(tmp_path, capsys):
+    cfg = load_config(REPO / "experiment_configs" / "addition.yaml", [f"output_dir={tmp_path}"])
+    run_experiment(cfg, dry_run=True)
+    assert "data       456 training prompts, 24 held-out problems in 12 conditions (5d-2t," in capsys.readouterr().out

@@ -111,7 +111,7 @@ def data_text(train_ds: Any, eval_ds: Any) -> str:
     text = f"data       {len(train_ds)} training prompts, {len(eval_ds)} held-out problems"
     if "condition" in eval_ds.column_names:
         conditions = sorted({str(c) for c in eval_ds["condition"]})
-        text += f" in {len(conditions)} conditions ({_steps_text(conditions, 12)})"
+        text += f" in {len(conditions)} condition{'s' * (len(conditions) > 1)} ({_steps_text(conditions, 12)})"
     return text
 
 
@@ -205,12 +205,16 @@ def run_experiment(
     funcs, weights = reward_registry.build(prep.reward_specs, on_error=cfg.rewards_on_error)
     args = build_grpo_config(cfg, run, weights, cuda=cuda)
     if dry_run:
-        train_ds, eval_ds = prep.task.build(cfg.seed)  # also proves a task's data files or cached dataset load
-        check_eval_size(cfg, eval_ds)
+        try:  # building proves a task's data files or cached dataset load; a dry run reports, not stops
+            train_ds, eval_ds = prep.task.build(cfg.seed)
+            check_eval_size(cfg, eval_ds)
+            data = data_text(train_ds, eval_ds)
+        except UserError as exc:
+            data = f"note       {exc}"
         print(cfg.to_yaml().rstrip())
         print("---")
         print(plan_text(prep, cuda=cuda, resume_from=resume_from))
-        print(data_text(train_ds, eval_ds))
+        print(data)
         return None
 
     from transformers import set_seed
