@@ -65,7 +65,9 @@ def test_run_directory_is_complete(tiny_run: RunDir):
     assert not list(run.checkpoints.glob(".*")), "no temporary directories left behind"
     assert sorted(p.name for p in run.trainer.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert run.last_trainer_checkpoint().name == "checkpoint-4"
-    assert {p.name for p in run.plots.glob("*.png")} == {"rewards.png", "kl.png", "passk.png"}
+    assert {p.name for p in run.plots.glob("*.png")} == {"rewards.png", "kl.png", "passk.png", "entropy.png", "length.png"}
+    best = json.loads((run.checkpoints / "best" / "meta.json").read_text())
+    assert best["metric"] == "eval/greedy_pass@1" and best["step"] in (0, 2, 4)
 
 
 def test_adapter_snapshot_loads_on_the_base_model(tiny_run: RunDir, tiny_model_dir):

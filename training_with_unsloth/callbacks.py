@@ -1,4 +1,4 @@
-"""Research callbacks: metrics log, Pass@K schedule, adapter snapshots, live plots.
+"""Research callbacks: metrics log, Pass@K schedule, adapter snapshots, the best adapter, live plots.
 
 Each is a `transformers.TrainerCallback`; those that need the trainer get it through `bind()`.
 Import after `backends.prepare()` (this module imports transformers).
@@ -6,6 +6,7 @@ Import after `backends.prepare()` (this module imports transformers).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import ProgressCallback, TrainerCallback
 
+from .errors import ConfigError, closest
 from .evaluation import PassKEvaluator
 from .plots import plot_run
 from .rundir import RunDir, atomic_write_json
@@ -32,7 +34,7 @@ class _Bound(TrainerCallback):
 def _current_train_metrics(trainer: Any) -> dict[str, float]:
     """Means of the metrics TRL has gathered since its last log (this step's, with logging_steps 1)."""
     out = {}
-    for key, values in trainer._metrics["train"].items():
+    for key, values in getattr(trainer, "_metrics", {}).get("train", {}).items():
         valid = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
         if valid:
             out[key] = sum(valid) / len(valid)
@@ -153,6 +155,32 @@ def _wandb_log(metrics: dict[str, float], step: int) -> None:
         wandb.log({**metrics, "train/global_step": step})
 
 
+def save_adapter(trainer: Any, final: Path, meta: dict[str, Any]) -> Path:
+    """Save the trainer's LoRA adapter and `meta.json` to `final`, atomically.
+
+    Written to a temporary directory beside `final`, then renamed over it; an existing `final` (a
+    resumed run redoing a step, or a new best) is swapped out and removed, so readers see either
+    the old directory or the new one, never half of one.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+        atomic_write_json(tmp / "meta.json", meta)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 class AdapterCheckpoints(_Bound):
     """Adapter-only snapshots `checkpoints/adapter-<step>/` with `meta.json`, written atomically."""
 
@@ -164,30 +192,14 @@ class AdapterCheckpoints(_Bound):
         self.saved: set[int] = set()
 
     def save(self, step: int) -> Path:
-        final = self.run.adapter_dir(step)
-        self.run.checkpoints.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".adapter-{step}.", dir=self.run.checkpoints))
-        try:
-            self.trainer.model.save_pretrained(tmp, selected_adapters=["default"])
-            meta = {
-                "step": step,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "seconds_since_start": time.time() - self.start,
-                "train_metrics": _current_train_metrics(self.trainer),
-                "latest_eval": self.passk.latest if self.passk else {},
-            }
-            atomic_write_json(tmp / "meta.json", meta)
-            if final.exists():  # a resumed run redoing this step: swap the old snapshot out
-                old = final.with_name(f".{final.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        meta = {
+            "step": step,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds_since_start": time.time() - self.start,
+            "train_metrics": _current_train_metrics(self.trainer),
+            "latest_eval": self.passk.latest if self.passk else {},
+        }
+        final = save_adapter(self.trainer, self.run.adapter_dir(step), meta)
         self.saved.add(step)
         return final
 
@@ -198,6 +210,108 @@ class AdapterCheckpoints(_Bound):
     def on_train_end(self, args, state, control, **kwargs):
         if state.global_step > 0 and state.global_step not in self.saved and state.is_world_process_zero:
             self.save(state.global_step)
+
+
+class UnknownMetricError(ConfigError, ValueError):
+    """`checkpoints.best` names a metric the evaluation does not report (a one-line user error)."""
+
+
+class BestCheckpoint(_Bound):
+    """Keeps `checkpoints/best/`: the adapter with the best value of one eval metric so far.
+
+    Looks at `passk.latest` after every Pass@K evaluation, so register it after the PassKCallback (callbacks
+    run in registration order within an event). The first evaluation counts as an improvement; a tie keeps
+    the earlier adapter; a NaN value never improves. `meta.json` holds the step, the metric, its value,
+    the mode and all eval metrics of that evaluation. The best value and step are saved with every trainer
+    checkpoint (`state_key`), so a resumed run compares against the best of the steps it keeps.
+    """
+
+    state_key = "best_checkpoint"
+
+    def __init__(self, run: RunDir, metric: str, mode: str = "max", passk: PassKCallback | None = None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"checkpoints.best_mode must be 'max' or 'min', got {mode!r}")
+        self.run = run
+        self.metric = metric
+        self.mode = mode
+        self.passk = passk
+        self.start = time.time()
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self._seen: dict[str, Any] | None = None  # the PassK result last looked at (a new dict per evaluation)
+
+    @property
+    def path(self) -> Path:
+        return self.run.checkpoints / "best"
+
+    def improves(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def _check(self, state) -> None:
+        latest = self.passk.latest if self.passk is not None else None
+        if not latest or latest is self._seen:
+            return
+        self._seen = latest
+        if self.metric not in latest:
+            available = sorted(k for k in latest if k.startswith("eval/"))
+            near = closest(self.metric, available)
+            hint = f"did you mean '{near}'? " if near else ""
+            raise UnknownMetricError(
+                f"checkpoints.best: the evaluation reports no metric '{self.metric}': {hint}available: {', '.join(available)}"
+            )
+        value = latest[self.metric]
+        if not isinstance(value, int | float) or not self.improves(float(value)):
+            return
+        step = int(latest.get("step", state.global_step))
+        if state.is_world_process_zero:
+            meta = {
+                "step": step,
+                "metric": self.metric,
+                "value": float(value),
+                "mode": self.mode,
+                "previous_best": {"step": self.best_step, "value": self.best_value},
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds_since_start": time.time() - self.start,
+                "eval": {k: v for k, v in latest.items() if k != "step"},
+                "train_metrics": _current_train_metrics(self.trainer) if step > 0 else {},
+            }
+            save_adapter(self.trainer, self.path, meta)
+            tqdm.write(f"[best] step {step}: {self.metric}={float(value):.4g} -> {self.path}")
+        self.best_value, self.best_step = float(value), step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        meta = self.path / "meta.json"
+        if state.global_step > 0 and state.is_world_process_zero and meta.is_file():
+            try:
+                kept = json.loads(meta.read_text()).get("step")
+            except (OSError, ValueError):
+                kept = None
+            if kept is not None and kept != self.best_step and kept > state.global_step:
+                bar = f"{self.metric}={self.best_value:.4g} (step {self.best_step})" if self.best_value is not None else "nothing"
+                tqdm.write(
+                    f"[best] {self.path} holds step {kept}, past the resumed step {state.global_step}: "
+                    f"the next evaluation that beats {bar} replaces it"
+                )
+        self._check(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._check(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._check(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "mode": self.mode, "value": self.best_value, "step": self.best_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the best so far, unless it was kept for another metric or mode (then the next evaluation wins)."""
+        if state.get("metric") == self.metric and state.get("mode") == self.mode:
+            self.best_value = None if state.get("value") is None else float(state["value"])
+            self.best_step = state.get("step")
 
 
 class LivePlots(_Bound):

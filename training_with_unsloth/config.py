@@ -121,6 +121,8 @@ class CheckpointConfig(_Section):
     every: int | None = Field(None, ge=1)
     log_spaced: int | None = Field(None, ge=1)
     steps: list[int] | None = None
+    best: str | None = Field("eval/greedy_pass@1", description="eval metric whose best value keeps checkpoints/best")
+    best_mode: Literal["max", "min"] = "max"
 
     @model_validator(mode="after")
     def _one_schedule(self) -> CheckpointConfig:
@@ -138,6 +140,71 @@ class LoggingConfig(_Section):
     wandb: Literal["offline", "online", "disabled"] = "offline"
     project: str = "grpo-research"
     plots: bool = True
+    completions: int = Field(0, ge=0, description="write completions/<step>.jsonl every N steps (0: never)")
+    completions_max_chars: int = Field(4000, ge=16, description="longer prompts/completions are cut in the log")
+
+
+class KLConfig(_Section):
+    """KL(policy || reference), the reference being the base model (the LoRA adapter switched off)."""
+
+    estimator: Literal["k1", "k2", "k3"] = Field("k3", description="estimator used in the loss (Schulman's k1/k2/k3)")
+    coef: float = Field(0.0, ge=0.0, description="KL coefficient in the loss (0: none); use instead of trainer.beta")
+    target: float | None = Field(None, gt=0.0, description="adaptive KL: token-averaged KL to steer toward")
+    horizon: int = Field(10000, ge=1, description="adaptive KL: samples over which the error is corrected")
+    diagnostics: bool = Field(True, description="log kl/k1, kl/k2, kl/k3 on every step's completions")
+
+
+class LinearSchedule(_Section):
+    """A numeric task parameter moved linearly over training: `start + (end - start) * progress`."""
+
+    param: str
+    start: float
+    end: float
+
+
+class AdvanceRule(_Section):
+    """When a curriculum phase ends: the success rate over the last `window` batches reaches `threshold`."""
+
+    window: int = Field(100, ge=1, description="batches (generation batches) in the moving window")
+    threshold: float = Field(0.9, ge=0.0, le=1.0, description="success rate that ends the phase")
+    success: Literal["correct", "reward"] = Field(
+        "correct", description="a completion succeeds when the task's checker accepts it, or its reward >= min_reward"
+    )
+    min_reward: float = 0.0
+
+
+class PhaseConfig(_Section):
+    """One curriculum phase: task parameters that override the task section, and when to move on."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    advance: AdvanceRule | None = None
+
+
+class CurriculumConfig(_Section):
+    """Task parameters that change during training: success-gated phases and linear schedules."""
+
+    phases: list[PhaseConfig] = Field(default_factory=list)
+    linear: list[LinearSchedule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _phases_advance(self) -> CurriculumConfig:
+        for i, phase in enumerate(self.phases[:-1]):
+            if phase.advance is None:
+                raise ValueError(f"curriculum.phases[{i}] needs an `advance` rule (only the last phase may lack one)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.phases or self.linear)
+
+
+class ReplayConfig(_Section):
+    """Prompt replay: re-sample prompts whose group had reward variance; drop prompts always solved."""
+
+    enabled: bool = False
+    capacity: int = Field(256, ge=1, description="prompts kept (most recent first out)")
+    mix: float = Field(0.25, ge=0.0, le=1.0, description="share of training prompts drawn from the buffer")
+    drop_solved: bool = Field(False, description="never sample again a prompt whose whole group was correct")
 
 
 # Trainer fields the toolkit sets itself, from other sections.
@@ -181,6 +248,18 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     checkpoints: CheckpointConfig = CheckpointConfig(log_spaced=8)
     logging: LoggingConfig = LoggingConfig()
+    kl: KLConfig = KLConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    replay: ReplayConfig = ReplayConfig()
+
+    @model_validator(mode="after")
+    def _kl_settings(self) -> ExperimentConfig:
+        beta = self.trainer.get("beta", 0.0) or 0.0
+        if self.kl.coef and beta:
+            raise ValueError(f"set either kl.coef ({self.kl.coef}) or trainer.beta ({beta}), not both: kl.coef is the toolkit's")
+        if self.kl.target is not None and not (self.kl.coef or beta):
+            raise ValueError("kl.target (adaptive KL) needs a starting coefficient: set kl.coef > 0")
+        return self
 
     @field_validator("model", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from .rundir import RunDir, atomic_write_json, atomic_write_text, environment
 from .schedule import checkpoint_steps, eval_steps
 
 # Sections that must match the run's saved config to resume it (the rest may change, e.g. max_steps).
-_RESUME_MUST_MATCH = ("seed", "model", "task", "rewards")
+_RESUME_MUST_MATCH = ("seed", "model", "task", "rewards", "curriculum", "replay")
 
 
 @dataclass
@@ -39,13 +39,61 @@ def prepare(cfg: ExperimentConfig, *, cuda: bool | None = None) -> Prepared:
     task = task_registry.get(cfg.task.name, **cfg.task.params)
     specs = [r.model_dump() for r in cfg.rewards] if cfg.rewards is not None else [dict(r) for r in task.default_rewards]
     reward_registry.build(specs, on_error=cfg.rewards_on_error)  # raises a ConfigError for an unknown reward or parameter
-    if task.uses_progress and cfg.trainer.get("dataloader_num_workers", 0):
+    _check_kl(cfg, backend)
+    if cfg.curriculum.enabled:
+        from .curriculum import validate_curriculum
+
+        validate_curriculum(cfg.task.name, cfg.task.params, cfg.curriculum)
+    best_metric(cfg)
+    dynamic = task.uses_progress or cfg.curriculum.enabled or cfg.replay.enabled
+    if dynamic and cfg.trainer.get("dataloader_num_workers", 0):
         raise ConfigError(
-            f"task '{cfg.task.name}' changes its prompts during training (e.g. mix_oneshot), which data-loader worker "
+            f"the training prompts change during training (mix_oneshot, curriculum or replay), which data-loader worker "
             "processes would not see: set trainer.dataloader_num_workers: 0"
         )
     return Prepared(
         cfg, backend, task, specs, eval_steps(cfg.eval, cfg.max_steps), checkpoint_steps(cfg.checkpoints, cfg.max_steps)
+    )
+
+
+def _check_kl(cfg: ExperimentConfig, backend: str) -> None:
+    """What each backend can do about KL and entropy, refused up front with the reason."""
+    if backend == "unsloth":
+        if cfg.kl.coef and cfg.kl.estimator != "k3":
+            raise ConfigError(
+                f"kl.estimator {cfg.kl.estimator} needs the transformers backend: Unsloth computes KL (k3 only) inside "
+                "its fused loss; use kl.estimator: k3 (mapped onto its beta) or model.backend: transformers"
+            )
+        if cfg.trainer.get("use_adaptive_entropy"):
+            raise ConfigError(
+                "trainer.use_adaptive_entropy is silently dropped by Unsloth's loss: use a fixed trainer.entropy_coef, "
+                "or model.backend: transformers"
+            )
+
+
+def best_metric(cfg: ExperimentConfig) -> str | None:
+    """The eval metric `checkpoints/best` follows; the default greedy metric falls back to pass@1 without greedy."""
+    metric = cfg.checkpoints.best
+    if metric == "eval/greedy_pass@1" and not cfg.eval.greedy:
+        if "best" in cfg.checkpoints.model_fields_set:
+            raise ConfigError("checkpoints.best: eval/greedy_pass@1 needs eval.greedy: true (or pick eval/pass@1)")
+        return "eval/pass@1"
+    return metric
+
+
+def kl_settings(cfg: ExperimentConfig, backend: str) -> Any:
+    """The trainer's KL settings: the toolkit's loss term on transformers, Unsloth's own beta (k3) under Unsloth."""
+    from .kl import KLSettings
+
+    in_loss = bool(cfg.kl.coef) and backend != "unsloth"
+    native_estimator = "k3" if (cfg.trainer.get("beta") or backend == "unsloth") else cfg.kl.estimator
+    return KLSettings(
+        estimator=cfg.kl.estimator if in_loss else native_estimator,
+        coef=cfg.kl.coef if in_loss else 0.0,
+        in_loss=in_loss,
+        diagnostics=cfg.kl.diagnostics,
+        target=cfg.kl.target,
+        horizon=cfg.kl.horizon,
     )
 
 
@@ -141,7 +189,9 @@ def _setup_wandb(cfg: ExperimentConfig, run: RunDir) -> list[str]:
     return ["wandb"]
 
 
-def build_grpo_config(cfg: ExperimentConfig, run: RunDir, reward_weights: list[float], *, cuda: bool):
+def build_grpo_config(
+    cfg: ExperimentConfig, run: RunDir, reward_weights: list[float], *, cuda: bool, backend: str = "transformers"
+):
     """TRL's GRPOConfig (Unsloth's, under Unsloth) from the `trainer` section plus what the toolkit owns."""
     from trl import GRPOConfig
 
@@ -156,6 +206,8 @@ def build_grpo_config(cfg: ExperimentConfig, run: RunDir, reward_weights: list[f
     if not cuda:
         kw.setdefault("use_cpu", True)
         kw.setdefault("bf16", False)
+    if cfg.kl.coef and backend == "unsloth":
+        kw["beta"] = cfg.kl.coef  # k3 (checked in prepare): Unsloth's own KL term
     _check_trainer_types(GRPOConfig, cfg.trainer)
     try:
         return GRPOConfig(**kw)
@@ -203,7 +255,7 @@ def run_experiment(
 
     backends.prepare(prep.backend)  # before anything imports trl (Unsloth patches it on import)
     funcs, weights = reward_registry.build(prep.reward_specs, on_error=cfg.rewards_on_error)
-    args = build_grpo_config(cfg, run, weights, cuda=cuda)
+    args = build_grpo_config(cfg, run, weights, cuda=cuda, backend=prep.backend)
     if dry_run:
         try:  # building proves a task's data files or cached dataset load; a dry run reports, not stops
             train_ds, eval_ds = prep.task.build(cfg.seed)
@@ -229,6 +281,13 @@ def run_experiment(
         set_seed(cfg.seed)
         train_ds, eval_ds = prep.task.build(cfg.seed)
         check_eval_size(cfg, eval_ds)
+        source = None
+        if cfg.curriculum.enabled or cfg.replay.enabled:  # prompts served from the current phase / replay buffer
+            from .curriculum import build_train_source
+
+            train_ds, source = build_train_source(
+                cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay, seed=cfg.seed, max_steps=cfg.max_steps
+            )
         loaded = backends.load(
             cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(args.gradient_checkpointing)
         )
@@ -240,7 +299,10 @@ def run_experiment(
                 train_dataset=train_ds,
                 processing_class=loaded.tokenizer,
                 peft_config=loaded.peft_config,
-                research_callbacks=research_callbacks(prep, run, eval_ds, funcs, weights, args.max_completion_length),
+                research_callbacks=research_callbacks(
+                    prep, run, eval_ds, funcs, weights, args.max_completion_length, source=source
+                ),
+                kl=kl_settings(cfg, prep.backend),
             )
         except ValueError as exc:  # TRL validates most settings when the trainer is built
             raise ConfigError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
@@ -263,14 +325,26 @@ def run_experiment(
 
 
 def research_callbacks(
-    prep: Prepared, run: RunDir, eval_ds: Any, funcs: list, weights: list[float], max_completion_length: int
+    prep: Prepared,
+    run: RunDir,
+    eval_ds: Any,
+    funcs: list,
+    weights: list[float],
+    max_completion_length: int,
+    *,
+    source: Any = None,
 ) -> list[Any]:
     """The callbacks a run gets: metrics log, task progress, Pass@K schedule, adapter snapshots, live plots."""
     from .callbacks import AdapterCheckpoints, CompactProgress, LivePlots, MetricsLogger, PassKCallback, TaskProgress
     from .evaluation import PassKEvaluator
 
     cfg = prep.cfg
-    callbacks: list[Any] = [MetricsLogger(run), TaskProgress(prep.task)]
+    # The curriculum/replay source tells its own (current phase's) task the progress; else the task itself.
+    callbacks: list[Any] = [MetricsLogger(run), source if source is not None else TaskProgress(prep.task)]
+    if cfg.kl.coef or cfg.trainer.get("beta") or cfg.kl.target is not None:
+        from .kl import AdaptiveKL
+
+        callbacks.insert(0, AdaptiveKL())  # logs kl/coef (and adapts it with kl.target) before the step's log
     if not cfg.trainer.get("disable_tqdm", False):
         callbacks.append(CompactProgress())
     passk = None
@@ -287,6 +361,15 @@ def research_callbacks(
         passk = PassKCallback(evaluator, prep.eval_steps, run, cfg.seed)
         callbacks.append(passk)
     callbacks.append(AdapterCheckpoints(run, prep.checkpoint_steps, passk))
+    best = best_metric(cfg)
+    if passk is not None and best:
+        from .callbacks import BestCheckpoint
+
+        callbacks.append(BestCheckpoint(run, best, cfg.checkpoints.best_mode, passk))  # after passk: reads its result
+    if cfg.logging.completions:
+        from .completion_log import CompletionLog
+
+        callbacks.append(CompletionLog(run, cfg.logging.completions, cfg.logging.completions_max_chars))
     if cfg.logging.plots:
         callbacks.append(LivePlots(run, every=max(1, cfg.eval.every or 10)))
     return callbacks

@@ -1,17 +1,39 @@
-"""Training curves from `metrics.jsonl`: rewards, KL and Pass@K, written to `plots/`."""
+"""Training curves from `metrics.jsonl`, one PNG per topic in `plots/`, redrawn while training.
+
+`rewards.png` and `kl.png` are always written; `passk.png`, `entropy.png`, `length.png` and
+`curriculum.png` only once the run has logged something for them. A key missing from some records
+(or from all) is skipped, never an error.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .rundir import RunDir
 
+KL_ESTIMATES = ("kl/k1", "kl/k2", "kl/k3")
+
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+    pts = [(r["step"], r[key]) for r in records if _is_number(r.get(key)) and _is_number(r.get("step")) and math.isfinite(r[key])]
     return [p[0] for p in pts], [float(p[1]) for p in pts]
+
+
+def _has(records: list[dict], key: str) -> bool:
+    return bool(_series(records, key)[0])
+
+
+def _keys(records: list[dict], prefix: str, suffix: str = "") -> list[str]:
+    return sorted({k for r in records for k in r if k.startswith(prefix) and k.endswith(suffix) and _is_number(r[k])})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
@@ -27,8 +49,170 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     return path
 
 
+def _legend(*axes) -> None:
+    """One legend for an axis and its twin."""
+    handles, labels = [], []
+    for ax in axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if handles:  # on the last (topmost) axis, so a twin's lines are not drawn over it
+        axes[-1].legend(handles, labels, fontsize=8)
+
+
+def _rewards(plt, name: str, train: list[dict], evals: list[dict]):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps, total = _series(train, "reward")
+    if steps:
+        ax.plot(steps, total, color="black", lw=2, label="total (weighted)")
+    for key in _keys(train, "rewards/", "/mean"):
+        ax.plot(*_series(train, key), lw=1, label=key.removeprefix("rewards/").removesuffix("/mean"))
+    es, er = _series(evals, "eval/reward")
+    if es:
+        ax.plot(es, er, "o--", color="tab:red", label="held-out (eval)")
+    ax.set(xlabel="step", ylabel="reward", title=f"{name}: reward")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def _kl(plt, name: str, train: list[dict], evals: list[dict]):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = {"kl/k1": "tab:blue", "kl/k2": "tab:green", "kl/k3": "tab:purple"}
+    drawn = False
+    for key in KL_ESTIMATES:
+        steps, values = _series(train, key)
+        if steps:
+            ax.plot(steps, values, lw=1.2, color=colors[key], label=f"{key.removeprefix('kl/')} estimate")
+            drawn = True
+    steps, values = _series(train, "kl")
+    if steps:
+        ax.plot(steps, values, "--", lw=1.5, color="black", label="kl (TRL's beta term, k3)")
+        drawn = True
+    twin = None
+    cs, cv = _series(train, "kl/coef")
+    if cs:
+        twin = ax.twinx()
+        twin.plot(cs, cv, ":", lw=1.5, color="tab:orange", label="kl/coef (right axis)")
+        twin.set_ylabel("KL coefficient")
+        drawn = True
+    if not drawn:
+        ax.text(0.5, 0.5, "no KL logged (kl.diagnostics off and no KL term)", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="step", ylabel="KL (token mean)", title=f"{name}: KL(policy || reference)")
+    ax.grid(alpha=0.3)
+    _legend(ax, *([twin] if twin is not None else []))
+    return fig
+
+
+def _passk(plt, name: str, train: list[dict], evals: list[dict]):
+    keys = sorted(_keys(evals, "eval/pass@"), key=lambda k: int(k.split("@")[1]) if k.split("@")[1].isdigit() else 0)
+    if not keys and not _has(evals, "eval/greedy_pass@1"):
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key in keys:
+        ax.plot(*_series(evals, key), "o-", label=key.removeprefix("eval/"))
+    gs, gv = _series(evals, "eval/greedy_pass@1")
+    if gs:
+        ax.plot(gs, gv, "s--", color="black", label="greedy pass@1")
+    ax.set(xlabel="step", ylabel="fraction of held-out problems", ylim=(-0.02, 1.02), title=f"{name}: Pass@K")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
+def _entropy(plt, name: str, train: list[dict], evals: list[dict]):
+    steps, values = _series(train, "entropy")
+    cs, cv = _series(train, "entropy_coef")
+    if not steps and not cs:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if steps:
+        ax.plot(steps, values, color="tab:green", label="entropy (token mean, nats)")
+    twin = None
+    if cs:
+        twin = ax.twinx()
+        twin.plot(cs, cv, ":", lw=1.5, color="tab:orange", label="entropy_coef (right axis)")
+        twin.set_ylabel("entropy coefficient")
+    ax.set(xlabel="step", ylabel="entropy", title=f"{name}: policy entropy")
+    ax.grid(alpha=0.3)
+    _legend(ax, *([twin] if twin is not None else []))
+    return fig
+
+
+def _length(plt, name: str, train: list[dict], evals: list[dict]):
+    steps, mean = _series(train, "completions/mean_length")
+    es, ev = _series(evals, "eval/completion_length")
+    if not steps and not es:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if steps:
+        ax.plot(steps, mean, color="tab:blue", label="mean length (tokens)")
+        lo, hi = dict(zip(*_series(train, "completions/min_length"), strict=True)), dict(zip(*_series(train, "completions/max_length"), strict=True))
+        band = [s for s in steps if s in lo and s in hi]
+        if band:
+            ax.fill_between(band, [lo[s] for s in band], [hi[s] for s in band], color="tab:blue", alpha=0.15, label="min to max")
+    if es:
+        ax.plot(es, ev, "o--", color="tab:red", label="held-out (eval)")
+    twin = None
+    cs, cv = _series(train, "completions/clipped_ratio")
+    if cs:
+        twin = ax.twinx()
+        twin.plot(cs, cv, ":", color="tab:gray", label="clipped at max length (right axis)")
+        twin.set(ylabel="fraction clipped", ylim=(-0.02, 1.02))
+    ax.set(xlabel="step", ylabel="completion length (tokens)", title=f"{name}: completion length")
+    ax.grid(alpha=0.3)
+    _legend(ax, *([twin] if twin is not None else []))
+    return fig
+
+
+CURRICULUM_RIGHT = ("curriculum/success_rate",)  # a fraction, beside the phase and task parameters
+REPLAY_RIGHT = ("replay/buffer_size", "replay/dropped")  # counts, beside the fractions
+
+
+def _curriculum(plt, name: str, train: list[dict], evals: list[dict]):
+    """`curriculum/*` (phase, task parameters; success rate on the right) and `replay/*` (fractions; counts on the right)."""
+    panels = [(title, keys, right) for title, keys, right in (
+        ("curriculum", _keys(train, "curriculum/"), CURRICULUM_RIGHT),
+        ("prompt replay", _keys(train, "replay/"), REPLAY_RIGHT),
+    ) if keys]  # fmt: skip
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, (title, keys, right) in zip(axes[:, 0], panels, strict=True):
+        left_keys = [k for k in keys if k not in right]
+        right_keys = [k for k in keys if k in right]
+        for key in left_keys:
+            if key == "curriculum/phase":
+                ax.step(*_series(train, key), where="post", lw=2, color="black", label=key)
+            else:
+                ax.plot(*_series(train, key), label=key)
+        if title == "prompt replay" and _has(train, "frac_reward_zero_std"):
+            ax.plot(*_series(train, "frac_reward_zero_std"), ":", color="gray", label="frac_reward_zero_std (TRL)")
+        twin = None
+        if right_keys:
+            twin = ax.twinx() if left_keys else ax
+            for j, key in enumerate(right_keys):  # colours continue the left axis's cycle
+                color = f"C{(len(left_keys) + 1 + j) % 10}"
+                twin.plot(*_series(train, key), "--", color=color, label=f"{key} (right axis)" if twin is not ax else key)
+        ax.set(ylabel=title, title=f"{name}: {title}")
+        ax.grid(alpha=0.3)
+        _legend(ax, *([twin] if twin is not None and twin is not ax else []))
+    axes[-1, 0].set_xlabel("step")
+    return fig
+
+
+TOPICS: tuple[tuple[str, Callable], ...] = (
+    ("rewards", _rewards),
+    ("kl", _kl),
+    ("passk", _passk),
+    ("entropy", _entropy),
+    ("length", _length),
+    ("curriculum", _curriculum),
+)
+
+
 def plot_run(run: RunDir) -> list[Path]:
-    """Redraw `plots/rewards.png`, `plots/kl.png` and `plots/passk.png`; returns the files written."""
+    """Redraw `plots/<topic>.png` for every topic with data; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,48 +222,12 @@ def plot_run(run: RunDir) -> list[Path]:
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     written = []
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    steps, total = _series(train, "reward")
-    if steps:
-        ax.plot(steps, total, color="black", lw=2, label="total (weighted)")
-    for key in sorted({k for r in train for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
-        ax.plot(*_series(train, key), lw=1, label=key.removeprefix("rewards/").removesuffix("/mean"))
-    es, er = _series(evals, "eval/reward")
-    if es:
-        ax.plot(es, er, "o--", color="tab:red", label="held-out (eval)")
-    ax.set(xlabel="step", ylabel="reward", title=f"{run.path.name}: reward")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, run.plots / "rewards.png")
-    plt.close(fig)
-    written.append(run.plots / "rewards.png")
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    steps, kl = _series(train, "kl")
-    if steps:
-        ax.plot(steps, kl, color="tab:purple", label="KL(policy || reference), k3")
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "KL not computed: trainer.beta is 0", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="step", ylabel="KL", title=f"{run.path.name}: KL to the reference")
-    ax.grid(alpha=0.3)
-    save_figure(fig, run.plots / "kl.png")
-    plt.close(fig)
-    written.append(run.plots / "kl.png")
-
-    if evals:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        keys = sorted({k for r in evals for k in r if k.startswith("eval/pass@")}, key=lambda k: int(k.split("@")[1]))
-        for key in keys:
-            ax.plot(*_series(evals, key), "o-", label=key.removeprefix("eval/"))
-        gs, gv = _series(evals, "eval/greedy_pass@1")
-        if gs:
-            ax.plot(gs, gv, "s--", color="black", label="greedy pass@1")
-        ax.set(xlabel="step", ylabel="fraction of held-out problems", ylim=(-0.02, 1.02), title=f"{run.path.name}: Pass@K")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        save_figure(fig, run.plots / "passk.png")
-        plt.close(fig)
-        written.append(run.plots / "passk.png")
+    for topic, draw in TOPICS:
+        fig = draw(plt, run.path.name, train, evals)
+        if fig is None:
+            continue
+        try:
+            written.append(save_figure(fig, run.plots / f"{topic}.png"))
+        finally:
+            plt.close(fig)
     return written

@@ -6,12 +6,23 @@ Import this module only after `backends.prepare()`: under Unsloth, `trl.GRPOTrai
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer
+
+from . import kl as kl_math
+from .rundir import atomic_write_json
+from .scored_batch import ScoredBatch
+
+RESEARCH_STATE_FILE = "research_state.json"  # in each trainer/checkpoint-<step>/, beside TRL's own state
 
 
 class ResearchGRPOTrainer(GRPOTrainer):
@@ -20,14 +31,147 @@ class ResearchGRPOTrainer(GRPOTrainer):
     The training step is TRL's (or Unsloth's) own: nothing here runs per step unless a callback does.
     """
 
-    def __init__(self, *args, research_callbacks: Sequence[TrainerCallback] = (), **kwargs):
+    def __init__(
+        self,
+        *args,
+        research_callbacks: Sequence[TrainerCallback] = (),
+        kl: kl_math.KLSettings | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.kl = kl or kl_math.KLSettings()
+        if self.kl.in_loss and self.beta != 0.0:
+            raise ValueError("the toolkit's KL term and trainer.beta cannot both be on")
+        self.batch_hooks: list[Callable[[ScoredBatch], None]] = []
+        self.stateful: dict[str, Any] = {}  # name -> object with state_dict()/load_state_dict(), saved per checkpoint
+        self._last_rewards: torch.Tensor | None = None
+        self._captured_logps: list[torch.Tensor] | None = None
         if any(isinstance(cb, ProgressCallback) for cb in research_callbacks):
             self.remove_callback(ProgressCallback)  # replaced by the research one
         for callback in research_callbacks:
             if hasattr(callback, "bind"):
                 callback.bind(self)
+            if hasattr(callback, "on_scored_batch"):
+                self.batch_hooks.append(callback.on_scored_batch)
+            if hasattr(callback, "state_key"):
+                self.stateful[callback.state_key] = callback
             self.add_callback(callback)
+
+    # ------------------------------------------------------------------ research state across resumes
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.stateful and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            state = {name: obj.state_dict() for name, obj in self.stateful.items()}
+            atomic_write_json(folder / RESEARCH_STATE_FILE, state)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if isinstance(resume_from_checkpoint, str):
+            path = Path(resume_from_checkpoint) / RESEARCH_STATE_FILE
+            saved = json.loads(path.read_text()) if path.is_file() else {}
+            for name, obj in self.stateful.items():
+                if name in saved:
+                    obj.load_state_dict(saved[name])
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # ------------------------------------------------------------------ scored batches, KL diagnostics and KL loss
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards = rewards
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if not self.model.training:
+            return output
+        if self.kl.measures or self.kl.in_loss:
+            ref = output.get("ref_per_token_logps")
+            if ref is None:
+                ref = self._reference_logps(output)
+                if self.kl.in_loss:
+                    output["ref_per_token_logps"] = ref  # split and shuffled with the batch; TRL reads it only if beta != 0
+            if self.kl.measures:
+                policy = output.get("old_per_token_logps")
+                if policy is None:
+                    policy = self._policy_logps(output)
+                mask = output["completion_mask"] * output.get("tool_mask", 1)
+                estimates = kl_math.token_mean_estimates(policy, ref, mask)
+                if self.kl.diagnostics:
+                    for name, value in estimates.items():
+                        self._metrics["train"][f"kl/{name}"].append(value)
+                self.kl.observe(estimates[self.kl.estimator])
+        if self.batch_hooks:
+            batch = self._scored_batch(inputs, output)
+            for hook in self.batch_hooks:
+                hook(batch)
+        return output
+
+    def _scored_batch(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> ScoredBatch:
+        n = len(inputs)
+        start = self.accelerator.process_index * n
+        rewards = self._last_rewards[start : start + n].detach().float().cpu() if self._last_rewards is not None else None
+        names = [getattr(f, "__name__", str(f)) for f in self.reward_funcs]
+        per = {name: ([float(rewards[i, j]) for i in range(n)] if rewards is not None else [math.nan] * n) for j, name in enumerate(names)}
+        ids = output["completion_ids"]
+        mask = output["completion_mask"]
+        lengths = [int(x) for x in mask.sum(-1).tolist()]
+        texts = self.processing_class.batch_decode(
+            [row[:length].tolist() for row, length in zip(ids, lengths, strict=True)], skip_special_tokens=True
+        ) if hasattr(self.processing_class, "batch_decode") else [""] * n
+        return ScoredBatch(
+            step=self.state.global_step + 1,
+            rows=list(inputs),
+            completions=texts,
+            rewards=per,
+            weights=[float(w) for w in self.reward_weights.tolist()],
+            advantages=[float(a) for a in output["advantages"].reshape(n, -1)[:, 0].tolist()],
+            num_generations=self.num_generations,
+            completion_lengths=lengths,
+        )
+
+    def _forward_inputs(self, output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        return input_ids, attention_mask, output["completion_ids"].size(1)
+
+    @torch.no_grad()
+    def _policy_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Per-token log-probs of the completions under the current policy (the one that sampled them)."""
+        return kl_math.token_logps(self.model, *self._forward_inputs(output), batch_size=self.args.per_device_train_batch_size)
+
+    @torch.no_grad()
+    def _reference_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Per-token log-probs under the reference: the base model, the LoRA adapter switched off."""
+        from trl.trainer.utils import use_adapter
+
+        model = self.accelerator.unwrap_model(self.model)
+        with use_adapter(model, adapter_name="ref" if "ref" in getattr(model, "peft_config", {}) else None):
+            return kl_math.token_logps(self.model, *self._forward_inputs(output), batch_size=self.args.per_device_train_batch_size)
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._captured_logps is not None:
+            self._captured_logps.append(result[0])
+        return result
+
+    def _compute_loss(self, model, inputs):
+        if not self.kl.in_loss or not model.training:
+            return super()._compute_loss(model, inputs)
+        self._captured_logps = []
+        try:
+            loss = super()._compute_loss(model, inputs)
+            per_token_logps = self._captured_logps[0]
+        finally:
+            self._captured_logps = None
+        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        per_token_kl = kl_math.per_token(self.kl.estimator, per_token_logps, inputs["ref_per_token_logps"])
+        if self.args.use_bias_correction_kl:  # TRL's default: weight the KL term by the importance ratio, as it does
+            per_token_kl = per_token_kl * kl_math.importance_ratio(self, per_token_logps, inputs, mask)
+        term = kl_math.aggregate_like_trl(self, per_token_kl, mask, inputs)
+        self._metrics["train"]["kl/loss_term"].append(float(term.detach()) * self.kl.coef)
+        return loss + self.kl.coef * term
 
     @contextmanager
     def _generation_settings(self, *, greedy: bool, temperature: float, max_new_tokens: int) -> Iterator[None]:

@@ -3,7 +3,8 @@
 ```
 runs/<name>/
   config.yaml  env.json  metrics.jsonl  eval/passk-<step>.jsonl
-  checkpoints/adapter-<step>/  trainer/checkpoint-<step>/  plots/*.png  analysis/
+  checkpoints/adapter-<step>/  checkpoints/best/  trainer/checkpoint-<step>/  plots/*.png  analysis/
+  completions/<step>.jsonl   (when logging.completions is on)
 ```
 Files another process may read are written beside their final name, then renamed.
 """
@@ -96,6 +97,7 @@ class RunDir:
     trainer = property(lambda self: self.path / "trainer")
     plots = property(lambda self: self.path / "plots")
     analysis = property(lambda self: self.path / "analysis")
+    completions = property(lambda self: self.path / "completions")
 
     def create(self) -> None:
         for d in (self.path, self.eval_dir, self.checkpoints, self.trainer, self.plots):

@@ -1,0 +1,159 @@
+"""KL estimators, the toolkit's KL loss term against TRL's own beta path, and the adaptive controller."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from training_with_unsloth import backends
+from training_with_unsloth.config import validate
+from training_with_unsloth.errors import ConfigError
+from training_with_unsloth.experiment import build_grpo_config, kl_settings, prepare
+from training_with_unsloth.kl import AdaptiveKL, KLSettings, per_token, token_mean_estimates
+from training_with_unsloth.rundir import RunDir
+
+from .conftest import tiny_config
+
+
+def test_estimators_match_their_formulas():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5]])
+    r = ref - logp
+    assert torch.allclose(per_token("k1", logp, ref), -r)
+    assert torch.allclose(per_token("k2", logp, ref), 0.5 * r**2)
+    assert torch.allclose(per_token("k3", logp, ref), torch.exp(r) - r - 1)
+    mask = torch.tensor([[1, 1, 0]])
+    est = token_mean_estimates(logp, ref, mask)
+    assert est["k1"] == pytest.approx(float((-r[0, :2]).mean()))
+    assert est["k3"] >= 0 and est["k2"] >= 0
+
+
+def test_estimates_agree_with_the_exact_kl_on_samples():
+    """On tokens sampled from p, mean k1 and k3 estimate KL(p||q) without bias."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.3, 0.5])
+    exact = float((p * (p / q).log()).sum())
+    idx = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    logp, logq = p.log()[idx][None], q.log()[idx][None]
+    est = token_mean_estimates(logp, logq, torch.ones_like(logp))
+    assert est["k1"] == pytest.approx(exact, rel=0.03) and est["k3"] == pytest.approx(exact, rel=0.03)
+
+
+@pytest.fixture(scope="module")
+def trainer_and_batch(tmp_path_factory, tiny_model_dir):
+    """A tiny ResearchGRPOTrainer with TRL's beta on, and one generated-and-scored batch (with reference log-probs)."""
+    tmp = tmp_path_factory.mktemp("kl")
+    cfg = validate(tiny_config(tmp, tiny_model_dir, **{"trainer.beta": 0.2, "trainer.max_completion_length": 8}))
+    prep = prepare(cfg, cuda=False)
+    backends.prepare("transformers")
+    import rewards
+    from training_with_unsloth.research_trainer import ResearchGRPOTrainer
+
+    funcs, weights = rewards.build(prep.reward_specs)
+    run = RunDir(tmp / "run")
+    args = build_grpo_config(cfg, run, weights, cuda=False)
+    loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
+    train_ds, _ = prep.task.build(cfg.seed)
+    trainer = ResearchGRPOTrainer(
+        model=loaded.model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=loaded.tokenizer,
+        peft_config=loaded.peft_config,
+        kl=KLSettings(diagnostics=True),
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    # make the adapter non-trivial so policy and reference differ
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    rows = [train_ds[i] for i in range(2) for _ in range(args.num_generations)]
+    batch = trainer._generate_and_score_completions(rows)
+    return trainer, batch
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "bnpo"])
+def test_k3_loss_term_equals_trl_beta_path(trainer_and_batch, loss_type):
+    trainer, batch = trainer_and_batch
+    assert batch["ref_per_token_logps"] is not None
+    trainer.loss_type = loss_type
+    trainer.beta, trainer.kl = 0.2, KLSettings(diagnostics=False)
+    native_loss, native_grads = _loss_and_grads(trainer, batch)
+    trainer.beta, trainer.kl = 0.0, KLSettings(estimator="k3", coef=0.2, in_loss=True, diagnostics=False)
+    ours_loss, ours_grads = _loss_and_grads(trainer, batch)
+    trainer.kl.coef = 0.0
+    without_loss, _ = _loss_and_grads(trainer, batch)
+    assert not torch.isclose(native_loss, without_loss), "the KL term must matter in this batch"
+    assert torch.allclose(native_loss, ours_loss, rtol=1e-5, atol=1e-7)
+    assert native_grads.keys() == ours_grads.keys() and native_grads
+    for name, grad in native_grads.items():
+        assert torch.allclose(grad, ours_grads[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_k1_and_k2_terms_differ_from_k3(trainer_and_batch):
+    trainer, batch = trainer_and_batch
+    trainer.loss_type, trainer.beta = "grpo", 0.0
+    losses = {}
+    for est in ("k1", "k2", "k3"):
+        trainer.kl = KLSettings(estimator=est, coef=0.2, in_loss=True, diagnostics=False)
+        losses[est] = float(trainer._compute_loss(trainer.model, batch))
+    assert len({round(v, 7) for v in losses.values()}) == 3
+
+
+def test_diagnostics_are_logged_also_with_beta_zero(trainer_and_batch):
+    trainer, _ = trainer_and_batch
+    trainer.beta, trainer.kl = 0.0, KLSettings(diagnostics=True)
+    trainer._metrics["train"].clear()
+    rows = [trainer.train_dataset[i] for i in range(2) for _ in range(trainer.num_generations)]
+    trainer._generate_and_score_completions(rows)
+    logged = trainer._metrics["train"]
+    assert {"kl/k1", "kl/k2", "kl/k3"} <= logged.keys()
+    assert all(math.isfinite(v[0]) for k, v in logged.items() if k.startswith("kl/"))
+    assert logged["kl/k3"][0] > 0 and logged["kl/k2"][0] > 0
+
+
+def test_adaptive_controller_moves_the_coefficient_toward_the_target():
+    trainer = SimpleNamespace(kl=KLSettings(coef=0.1, in_loss=True, target=0.05, horizon=100), beta=0.0, _metrics={"train": {}})
+    trainer._metrics["train"] = __import__("collections").defaultdict(list)
+    ctl = AdaptiveKL()
+    ctl.bind(trainer)
+    args = SimpleNamespace(per_device_train_batch_size=8, gradient_accumulation_steps=1, world_size=1)
+    trainer.kl.observe(0.5)  # far above target: clipped error +0.2 -> coef * (1 + 0.2 * 8 / 100)
+    ctl.on_step_end(args, None, None)
+    assert trainer.kl.coef == pytest.approx(0.1 * 1.016)
+    trainer.kl.observe(0.0)  # below target: error -0.2
+    ctl.on_step_end(args, None, None)
+    assert trainer.kl.coef == pytest.approx(0.1 * 1.016 * 0.984)
+    assert trainer._metrics["train"]["kl/coef"] == pytest.approx([0.1, 0.1016])
+    fresh = AdaptiveKL()
+    other = SimpleNamespace(kl=KLSettings(coef=0.1, in_loss=True), beta=0.0, _metrics=trainer._metrics)
+    fresh.bind(other)
+    fresh.load_state_dict(ctl.state_dict())
+    assert other.kl.coef == pytest.approx(trainer.kl.coef)
+
+
+def test_backend_rules():
+    base = {"name": "x", "kl": {"coef": 0.1, "estimator": "k2"}}
+    with pytest.raises(ConfigError, match="kl.estimator k2 needs the transformers backend"):
+        prepare(validate({**base, "model": {"backend": "unsloth"}}), cuda=True)
+    with pytest.raises(ConfigError, match="use_adaptive_entropy is silently dropped by Unsloth"):
+        prepare(validate({"name": "x", "model": {"backend": "unsloth"}, "trainer": {"use_adaptive_entropy": True}}), cuda=True)
+    unsloth_k3 = validate({"name": "x", "kl": {"coef": 0.1}, "model": {"backend": "unsloth"}})
+    assert kl_settings(unsloth_k3, "unsloth").in_loss is False
+    assert kl_settings(validate(base), "transformers") == KLSettings(estimator="k2", coef=0.1, in_loss=True)
