@@ -109,6 +109,9 @@ def test_nothing_imports_trl_transformers_or_peft_before_the_backend_is_chosen()
 
     code = (
         "import sys, training_with_unsloth.experiment, training_with_unsloth.config, tasks, rewards; "
+        "from training_with_unsloth.config import load_config; "
+        "from training_with_unsloth.experiment import prepare; "
+        "prepare(load_config('experiment_configs/research_controls.yaml'), cuda=False); "  # every check prepare makes
         "print(sorted(m for m in ('trl', 'transformers', 'peft', 'unsloth') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -41,7 +41,7 @@ def prepare(cfg: ExperimentConfig, *, cuda: bool | None = None) -> Prepared:
     reward_registry.build(specs, on_error=cfg.rewards_on_error)  # raises a ConfigError for an unknown reward or parameter
     _check_kl(cfg, backend)
     if cfg.curriculum.enabled:
-        from .curriculum import validate_curriculum
+        from .curriculum_rules import validate_curriculum
 
         validate_curriculum(cfg.task.name, cfg.task.params, cfg.curriculum)
     best_metric(cfg)

@@ -87,13 +87,13 @@ class ResearchGRPOTrainer(GRPOTrainer):
         if not self.model.training:
             return output
         if self.kl.measures or self.kl.in_loss:
-            ref = output.get("ref_per_token_logps")
+            ref = self._usable_logps(output, "ref_per_token_logps")
             if ref is None:
                 ref = self._reference_logps(output)
                 if self.kl.in_loss:
                     output["ref_per_token_logps"] = ref  # split and shuffled with the batch; TRL reads it only if beta != 0
             if self.kl.measures:
-                policy = output.get("old_per_token_logps")
+                policy = self._usable_logps(output, "old_per_token_logps")
                 if policy is None:
                     policy = self._policy_logps(output)
                 mask = output["completion_mask"] * output.get("tool_mask", 1)
@@ -107,6 +107,14 @@ class ResearchGRPOTrainer(GRPOTrainer):
             for hook in self.batch_hooks:
                 hook(batch)
         return output
+
+    @staticmethod
+    def _usable_logps(output: dict[str, Any], key: str) -> torch.Tensor | None:
+        """TRL's per-token log-probs when present; Unsloth may store hidden states or another width there."""
+        value = output.get(key)
+        if isinstance(value, torch.Tensor) and value.shape == output["completion_ids"].shape:
+            return value
+        return None
 
     def _scored_batch(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> ScoredBatch:
         n = len(inputs)
