@@ -112,20 +112,30 @@ def test_k1_and_k2_terms_differ_from_k3(trainer_and_batch):
     losses = {}
     for est in ("k1", "k2", "k3"):
         trainer.kl = KLSettings(estimator=est, coef=0.2, in_loss=True, diagnostics=False)
-        losses[est] = float(trainer._compute_loss(trainer.model, batch))
+        losses[est] = float(trainer._compute_loss(trainer.model, batch).detach())
     assert len({round(v, 7) for v in losses.values()}) == 3
 
 
-def test_diagnostics_are_logged_also_with_beta_zero(trainer_and_batch):
+def test_diagnostics_are_logged_also_with_beta_zero(trainer_and_batch, monkeypatch):
+    """Measured in TRL's loss forward (no extra policy pass), or at generation as under Unsloth: the same numbers."""
     trainer, _ = trainer_and_batch
-    trainer.beta, trainer.kl = 0.0, KLSettings(diagnostics=True)
-    trainer._metrics["train"].clear()
+    trainer.beta, trainer.kl, trainer.loss_type = 0.0, KLSettings(diagnostics=True), "grpo"
     rows = [trainer.train_dataset[i] for i in range(2) for _ in range(trainer.num_generations)]
-    trainer._generate_and_score_completions(rows)
-    logged = trainer._metrics["train"]
-    assert {"kl/k1", "kl/k2", "kl/k3"} <= logged.keys()
-    assert all(math.isfinite(v[0]) for k, v in logged.items() if k.startswith("kl/"))
-    assert logged["kl/k3"][0] > 0 and logged["kl/k2"][0] > 0
+    logged = {}
+    for where in ("loss", "generation"):
+        monkeypatch.setattr(type(trainer), "_loss_is_trls", lambda self, w=where: w == "loss")
+        trainer._metrics["train"].clear()
+        torch.manual_seed(3)
+        batch = trainer._generate_and_score_completions(rows)
+        assert trainer._kl_at_loss == (where == "loss")
+        trainer._compute_loss(trainer.model, batch)
+        trainer.kl.flush(trainer._metrics["train"])
+        logged[where] = {k: v for k, v in trainer._metrics["train"].items() if k.startswith("kl/")}
+    for values in logged.values():
+        assert values.keys() == {"kl/k1", "kl/k2", "kl/k3"} and all(len(v) == 1 for v in values.values())
+        assert values["kl/k3"][0] > 0 and values["kl/k2"][0] > 0
+    for key in ("kl/k1", "kl/k2", "kl/k3"):
+        assert logged["loss"][key][0] == pytest.approx(logged["generation"][key][0], rel=1e-4, abs=1e-7)
 
 
 def test_adaptive_controller_moves_the_coefficient_toward_the_target():

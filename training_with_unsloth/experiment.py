@@ -344,7 +344,11 @@ def research_callbacks(
     if cfg.kl.coef or cfg.trainer.get("beta") or cfg.kl.target is not None:
         from .kl import AdaptiveKL
 
-        callbacks.insert(0, AdaptiveKL())  # logs kl/coef (and adapts it with kl.target) before the step's log
+        callbacks.insert(0, AdaptiveKL())  # logs kl/k*, kl/coef (and adapts it with kl.target) before the step's log
+    elif cfg.kl.diagnostics:
+        from .kl import KLMeter
+
+        callbacks.insert(0, KLMeter())  # logs the step's kl/k1, kl/k2, kl/k3 before the step's log
     if not cfg.trainer.get("disable_tqdm", False):
         callbacks.append(CompactProgress())
     passk = None

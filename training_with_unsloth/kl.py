@@ -32,11 +32,16 @@ def per_token(estimator: str, logps: torch.Tensor, ref_logps: torch.Tensor) -> t
     raise ValueError(f"unknown KL estimator {estimator!r}: use one of {', '.join(ESTIMATORS)}")
 
 
+def token_sums(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor) -> tuple[dict[str, float], float]:
+    """Sums of k1, k2, k3 over the unmasked completion tokens of a batch, and the number of those tokens."""
+    logps, ref_logps, mask = logps.detach().float(), ref_logps.detach().float(), mask.detach().float()
+    return {name: float((per_token(name, logps, ref_logps) * mask).sum()) for name in ESTIMATORS}, float(mask.sum())
+
+
 def token_mean_estimates(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """k1, k2, k3 averaged over the unmasked completion tokens of a batch."""
-    mask = mask.to(logps.dtype)
-    count = mask.sum().clamp(min=1.0)
-    return {name: float((per_token(name, logps.float(), ref_logps.float()) * mask).sum() / count) for name in ESTIMATORS}
+    sums, count = token_sums(logps, ref_logps, mask)
+    return {name: value / max(count, 1.0) for name, value in sums.items()}
 
 
 def aggregate_like_trl(trainer: Any, per_token_values: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
@@ -116,6 +121,8 @@ class KLSettings:
     target: float | None = None
     horizon: int = 10000
     observed: list[float] = field(default_factory=list)  # this step's estimates (of `estimator`), for the controller
+    sums: dict[str, float] = field(default_factory=dict)  # this step's token sums of k1/k2/k3 ...
+    tokens: float = 0.0  # ... over this many completion tokens
 
     @property
     def measures(self) -> bool:
@@ -124,6 +131,35 @@ class KLSettings:
     def observe(self, value: float) -> None:
         if not math.isnan(value):
             self.observed.append(value)
+
+    def add(self, sums: dict[str, float], tokens: float) -> None:
+        """Accumulate one (micro-)batch's token sums; `flush` turns the step's total into token means."""
+        for name, value in sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.tokens += tokens
+
+    def flush(self, metrics: dict[str, list[float]]) -> None:
+        """End of an optimizer step: log `kl/k1..k3` (token means over the whole step) and hand the controller its value."""
+        if self.tokens > 0:
+            means = {name: value / self.tokens for name, value in self.sums.items()}
+            if self.diagnostics:
+                for name, value in means.items():
+                    metrics[f"kl/{name}"].append(value)
+            self.observe(means[self.estimator])
+        self.sums, self.tokens = {}, 0.0
+
+
+class KLMeter(TrainerCallback):
+    """Logs the step's token-averaged `kl/k1`, `kl/k2`, `kl/k3` at the end of every optimizer step."""
+
+    def __init__(self) -> None:
+        self.trainer: Any = None
+
+    def bind(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.kl.flush(self.trainer._metrics["train"])
 
 
 class AdaptiveKL(TrainerCallback):
@@ -162,6 +198,7 @@ class AdaptiveKL(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         t = self.trainer
         settings = t.kl
+        settings.flush(t._metrics["train"])  # KLMeter may have flushed already: then this is a no-op
         used = self._current()
         t._metrics["train"]["kl/coef"].append(used)
         if settings.target is not None and settings.observed:

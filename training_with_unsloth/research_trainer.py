@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +45,7 @@ class ResearchGRPOTrainer(GRPOTrainer):
         self.stateful: dict[str, Any] = {}  # name -> object with state_dict()/load_state_dict(), saved per checkpoint
         self._last_rewards: torch.Tensor | None = None
         self._captured_logps: list[torch.Tensor] | None = None
+        self._kl_at_loss = False  # this generation batch's KL is measured in TRL's loss forward
         if any(isinstance(cb, ProgressCallback) for cb in research_callbacks):
             self.remove_callback(ProgressCallback)  # replaced by the research one
         for callback in research_callbacks:
@@ -86,22 +86,24 @@ class ResearchGRPOTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         if not self.model.training:
             return output
+        self._kl_at_loss = False
         if self.kl.measures or self.kl.in_loss:
             ref = self._usable_logps(output, "ref_per_token_logps")
             if ref is None:
                 ref = self._reference_logps(output)
-                if self.kl.in_loss:
-                    output["ref_per_token_logps"] = ref  # split and shuffled with the batch; TRL reads it only if beta != 0
+                # split and shuffled with the batch; TRL reads it only when beta != 0 (and then computed its own)
+                output["ref_per_token_logps"] = ref
             if self.kl.measures:
                 policy = self._usable_logps(output, "old_per_token_logps")
-                if policy is None:
-                    policy = self._policy_logps(output)
-                mask = output["completion_mask"] * output.get("tool_mask", 1)
-                estimates = kl_math.token_mean_estimates(policy, ref, mask)
-                if self.kl.diagnostics:
-                    for name, value in estimates.items():
-                        self._metrics["train"][f"kl/{name}"].append(value)
-                self.kl.observe(estimates[self.kl.estimator])
+                if policy is None and self._loss_is_trls():
+                    # TRL's loss forward computes these very log-probs (same weights: no update happens between
+                    # generation and the step's micro-batches without old_per_token_logps): measure there, for free.
+                    self._kl_at_loss = True
+                else:
+                    if policy is None:
+                        policy = self._policy_logps(output)
+                    mask = output["completion_mask"] * output.get("tool_mask", 1)
+                    self.kl.add(*kl_math.token_sums(policy, ref, mask))
         if self.batch_hooks:
             batch = self._scored_batch(inputs, output)
             for hook in self.batch_hooks:
@@ -164,8 +166,13 @@ class ResearchGRPOTrainer(GRPOTrainer):
             self._captured_logps.append(result[0])
         return result
 
+    def _loss_is_trls(self) -> bool:
+        """Whether TRL's `_compute_loss` runs (Unsloth replaces `compute_loss` and never calls it)."""
+        return not any(cls.__name__.startswith("Unsloth") for cls in type(self).__mro__)
+
     def _compute_loss(self, model, inputs):
-        if not self.kl.in_loss or not model.training:
+        measure = getattr(self, "_kl_at_loss", False) and model.training
+        if not (self.kl.in_loss or measure) or not model.training:
             return super()._compute_loss(model, inputs)
         self._captured_logps = []
         try:
@@ -174,6 +181,10 @@ class ResearchGRPOTrainer(GRPOTrainer):
         finally:
             self._captured_logps = None
         mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        if measure:
+            self.kl.add(*kl_math.token_sums(per_token_logps, inputs["ref_per_token_logps"], mask))
+        if not self.kl.in_loss:
+            return loss
         per_token_kl = kl_math.per_token(self.kl.estimator, per_token_logps, inputs["ref_per_token_logps"])
         if self.args.use_bias_correction_kl:  # TRL's default: weight the KL term by the importance ratio, as it does
             per_token_kl = per_token_kl * kl_math.importance_ratio(self, per_token_logps, inputs, mask)
