@@ -27,7 +27,9 @@ RESEARCH_STATE_FILE = "research_state.json"  # in each trainer/checkpoint-<step>
 class ResearchGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with `generate_completions` (used by Pass@K) and research callbacks bound to it.
 
-    The training step is TRL's (or Unsloth's) own: nothing here runs per step unless a callback does.
+    The training step is TRL's (or Unsloth's) own. Around it: KL diagnostics and the optional KL term
+    (`kl.py`), a `ScoredBatch` for hooks after each batch is scored (curricula, replay, completion
+    logs), and research state saved in every trainer checkpoint and restored on resume.
     """
 
     def __init__(
@@ -91,8 +93,10 @@ class ResearchGRPOTrainer(GRPOTrainer):
             ref = self._usable_logps(output, "ref_per_token_logps")
             if ref is None:
                 ref = self._reference_logps(output)
-                # split and shuffled with the batch; TRL reads it only when beta != 0 (and then computed its own)
-                output["ref_per_token_logps"] = ref
+                if output.get("ref_per_token_logps") is None and self._loss_is_trls():
+                    # for TRL's loss forward (measurement, KL term); split and shuffled with the batch. TRL itself
+                    # reads it only when beta != 0, and then computed its own. Unsloth's own value is never replaced.
+                    output["ref_per_token_logps"] = ref
             if self.kl.measures:
                 policy = self._usable_logps(output, "old_per_token_logps")
                 if policy is None and self._loss_is_trls():
@@ -123,7 +127,10 @@ class ResearchGRPOTrainer(GRPOTrainer):
         start = self.accelerator.process_index * n
         rewards = self._last_rewards[start : start + n].detach().float().cpu() if self._last_rewards is not None else None
         names = [getattr(f, "__name__", str(f)) for f in self.reward_funcs]
-        per = {name: ([float(rewards[i, j]) for i in range(n)] if rewards is not None else [math.nan] * n) for j, name in enumerate(names)}
+        per = {
+            name: [float(rewards[i, j]) for i in range(n)] if rewards is not None else [math.nan] * n
+            for j, name in enumerate(names)
+        }
         ids = output["completion_ids"]
         mask = output["completion_mask"]
         lengths = [int(x) for x in mask.sum(-1).tolist()]
