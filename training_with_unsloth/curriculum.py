@@ -139,6 +139,7 @@ class TrainSource(TrainerCallback):
         *,
         seed: int,
         max_steps: int,
+        eval_ds: datasets.Dataset | None = None,
     ):
         self.task_name = task_name
         self.base_params = dict(base_params)
@@ -149,7 +150,7 @@ class TrainSource(TrainerCallback):
         self.trainer: Any = None
         self.phases = validate_curriculum(task_name, self.base_params, curriculum)
         base = task_registry.get(task_name, **self.base_params)
-        self._eval_ids = _eval_ids(base.build(self.seed)[1])
+        self._eval_ids = _eval_ids(eval_ds if eval_ds is not None else base.build(self.seed)[1])
         self._int_params = {s.param: _is_int_field(base, s.param) for s in curriculum.linear}
 
         # State (saved in checkpoints).
@@ -448,14 +449,15 @@ def build_train_source(
     *,
     seed: int,
     max_steps: int,
+    eval_ds: datasets.Dataset | None = None,
 ) -> tuple[datasets.Dataset, TrainSource]:
     """The dataset to train on and the callback that decides, at fetch time, what its rows are.
 
     The dataset has one ``_index`` column; its length is the largest train set among the phases
     (each phase's index ``i`` serves row ``i mod len`` of its own train set, skipping dropped and
-    eval problems).
+    eval problems). ``eval_ds`` is the run's eval set when already built (else it is built here).
     """
-    source = TrainSource(task_name, base_params, curriculum, replay, seed=seed, max_steps=max_steps)
+    source = TrainSource(task_name, base_params, curriculum, replay, seed=seed, max_steps=max_steps, eval_ds=eval_ds)
     length = len(source.train_set)
     for k in range(len(source.phases)):
         size = getattr(task_registry.get(task_name, **source.params_for(k)).params, "train_size", None)

@@ -286,8 +286,9 @@ def run_experiment(
             from .curriculum import build_train_source
 
             train_ds, source = build_train_source(
-                cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay, seed=cfg.seed, max_steps=cfg.max_steps
-            )
+                cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay,
+                seed=cfg.seed, max_steps=cfg.max_steps, eval_ds=eval_ds,
+            )  # fmt: skip
         loaded = backends.load(
             cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(args.gradient_checkpointing)
         )
