@@ -8,7 +8,13 @@
 The base model is loaded once, through the training backends; each `checkpoints/adapter-<step>/`
 is swapped in by loading its LoRA weights into the same model. Only the LoRA parameters are
 sampled (devinterp `param_masks`). The probe set is the same for every checkpoint: held-out
-problems of the run's task as chat prompt + target completion, loss on the completion tokens.
+problems of the run's task as chat prompt + target completion, loss on the completion tokens,
+built as the run's training saw completions (see `analysis/probe.py`): prompts templated with
+`trainer.chat_template_kwargs`, completions of at most `trainer.max_completion_length` tokens with
+the end token only where they ended, rollouts sampled with the run's sampler settings.
+
+On a CPU, a run whose `model.name` is a pre-quantized (bitsandbytes) repo is analysed on the
+16-bit base that repo was made from, when that is in the local Hugging Face cache.
 
 Writes `<run>/analysis/`: `llc.csv` (one row per checkpoint), `llc_settings.json`, `traces/`
 (per-checkpoint loss traces), `llc_traces.png` (trace diagnostics), and the combined figure.
@@ -61,6 +67,8 @@ class Settings:
     num_probes: int = 16
     restrict: str | None = None
     max_drift: float = 0.25
+    # Bumped when the probe rows change meaning, so llc.csv rows of an older probe are never mixed with new ones.
+    probe_format: int = 2
 
 
 # ----------------------------------------------------------------------------- run and model
@@ -81,28 +89,55 @@ def load_run(path: str | Path):
     return run, cfg
 
 
-def load_model(cfg: Any, device: str):
-    """Base model + an empty LoRA adapter of the run's shape, loaded once (training's backend code)."""
-    from training_with_unsloth import backends
+def load_model(cfg: Any, device: str, run: Any | None = None):
+    """Base model + an empty LoRA adapter of the run's shape, loaded once (training's backend code).
 
-    backend = "unsloth" if device.startswith("cuda") and backends.resolve_backend(cfg.model.backend) == "unsloth" else "transformers"
+    Off CUDA, a 4-bit run is loaded onto 16-bit weights: its adapters are plain PEFT LoRA files
+    whose tensor names do not depend on the base's quantization (`swap_adapter` checks each one).
+    """
+    from training_with_unsloth import backends
+    from training_with_unsloth.prequantized import cpu_base, is_prequantized
+
+    cuda = device.startswith("cuda")
+    backend = "unsloth" if cuda and backends.resolve_backend(cfg.model.backend) == "unsloth" else "transformers"
     backends.offline_environment(cfg.model.download)
     backends.prepare(backend)
     model_cfg = cfg.model
-    if model_cfg.load_in_4bit and not device.startswith("cuda"):
-        # A QLoRA run analysed on a CPU: its adapters are plain PEFT files; put them on the 16-bit base.
+    if not cuda and is_prequantized(model_cfg.name):
+        base = cpu_base(model_cfg.name, allow_download=model_cfg.download)
+        revision = _trained_revision(run)
+        print(
+            f"note: {model_cfg.name} is pre-quantized (bitsandbytes, CUDA only); on the CPU its adapters are loaded "
+            f"onto the 16-bit base {base}" + (f" (training used revision {revision} of {model_cfg.name})" if revision else "")
+        )
+        model_cfg = model_cfg.model_copy(update={"name": base, "load_in_4bit": False})
+    elif model_cfg.load_in_4bit and not cuda:
         print("note: the run used a 4-bit base; on the CPU its adapters are loaded onto the 16-bit base weights")
         model_cfg = model_cfg.model_copy(update={"load_in_4bit": False})
     loaded = backends.load(model_cfg, backend, seed=cfg.seed, gradient_checkpointing=False)
     model = loaded.model
+    # quantized weights are placed on the GPU at load and refuse .to()
+    quantized = getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_loaded_in_4bit", False)
     if loaded.peft_config is not None:
         from peft import get_peft_model
 
         model = get_peft_model(model, loaded.peft_config)
-    if not (cfg.model.load_in_4bit and device.startswith("cuda")):
+    if not (quantized or (cuda and cfg.model.load_in_4bit)):
         model = model.to(device)
     model.eval()
     return model, loaded.tokenizer
+
+
+def _trained_revision(run: Any | None) -> str | None:
+    """The model revision the run's `env.json` records for training, if it records one."""
+    if run is None or not run.env.is_file():
+        return None
+    try:
+        entry = json.loads(run.env.read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    revision = entry.get("revision") if isinstance(entry, dict) else None
+    return revision if isinstance(revision, str) and revision else None
 
 
 def swap_adapter(model: Any, adapter_dir: Path) -> None:
@@ -143,9 +178,12 @@ def lora_groups(model: Any, restrict: str | None) -> dict[str, dict[str, None]]:
 
 
 def build_run_probe(run: Any, cfg: Any, model: Any, tokenizer: Any, settings: Settings, device: str):
-    """The probe for this run: gold answers (`reference`) or completions sampled once from a checkpoint."""
+    """The probe for this run: gold answers (`reference`) or completions sampled once from a checkpoint.
+
+    Budget, chat-template arguments and (rollouts) sampler are the run's `trainer:` settings.
+    """
     import tasks
-    from analysis.probe import build_probe
+    from analysis.probe import RunSampling, build_probe
 
     task = tasks.get(cfg.task.name, **cfg.task.params)
     _, eval_ds = task.build(cfg.seed)
@@ -155,39 +193,67 @@ def build_run_probe(run: Any, cfg: Any, model: Any, tokenizer: Any, settings: Se
 
         raise UserError(f"--num-probes/eval split gives {len(rows)} probe rows, fewer than --batch-size {settings.batch_size}")
     prompts = [r["prompt"] for r in rows]
+    sampling = RunSampling.from_trainer(cfg.trainer)
     if settings.probe == "reference":
         completions = [task.gold(r) for r in rows]
     else:
-        completions = _rollouts(run, cfg, model, tokenizer, prompts, settings, device)
-    return build_probe(tokenizer, prompts, completions)
+        completions = _rollouts(run, model, tokenizer, prompts, sampling, settings, device)
+    return build_probe(
+        tokenizer, prompts, completions,
+        max_completion_tokens=sampling.max_completion_length, chat_template_kwargs=sampling.chat_template_kwargs,
+    )  # fmt: skip
 
 
-def _rollouts(run, cfg, model, tokenizer, prompts, settings: Settings, device: str) -> list[str]:
-    import torch
-
+def _rollouts(run, model, tokenizer, prompts, sampling: Any, settings: Settings, device: str) -> list[Any]:
+    """Completions sampled once from checkpoint `--probe-from` with the run's sampler; cached per step."""
+    from analysis.probe import sample_rollouts
     from training_with_unsloth.rundir import atomic_write_text, read_jsonl
 
     step = settings.probe_from if settings.probe_from is not None else run.adapter_steps()[-1]
     path = run.analysis / f"probe-rollouts-{step}.jsonl"
-    cached = list(read_jsonl(path))
-    if len(cached) >= len(prompts) and all(c["prompt"] == p for c, p in zip(cached, prompts, strict=False)):
-        return [c["completion"] for c in cached[: len(prompts)]]
+    sampler = {**sampling.record(), "seed": settings.seed}
+    vocab = max(len(tokenizer), model.get_input_embeddings().weight.shape[0])
+    cached = _cached_rollouts(list(read_jsonl(path)), prompts, sampler, vocab)
+    if cached is not None:
+        return cached
     if step not in run.adapter_steps():
         from training_with_unsloth.errors import UserError
 
         raise UserError(f"--probe-from {step}: no checkpoints/adapter-{step}; have {run.adapter_steps()}")
     swap_adapter(model, run.adapter_dir(step))
-    temperature = float(cfg.trainer.get("temperature", 1.0))
-    max_new = int(cfg.trainer.get("max_completion_length", 64))
-    tokenizer.padding_side = "left"
-    enc = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True)
-    torch.manual_seed(settings.seed)
-    with torch.no_grad():
-        out = model.generate(**enc.to(device), do_sample=True, temperature=temperature, max_new_tokens=max_new)
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    rollouts = sample_rollouts(model, tokenizer, prompts, sampling, seed=settings.seed, device=device)
+    records = [
+        {"step": step, "prompt": p, "completion": r.text, "completion_ids": list(r.ids), "ended": r.ended,
+         "end_token_id": r.end_token, "sampler": sampler}
+        for p, r in zip(prompts, rollouts, strict=True)
+    ]  # fmt: skip
     run.analysis.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps({"step": step, "prompt": p, "completion": t}) + "\n" for p, t in zip(prompts, texts, strict=True)))
-    return texts
+    atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in records))
+    return rollouts
+
+
+def _cached_rollouts(records: list[dict], prompts: list, sampler: dict[str, Any], vocab: int) -> list[Any] | None:
+    """The cached rollouts when the file holds every prompt, sampled with these settings; else None (resample).
+
+    A file from an older version (no `ended`, `completion_ids` or `sampler`) or one edited by hand
+    does not count: its rows may have been cut or sampled differently.
+    """
+    from analysis.probe import Rollout
+
+    if len(records) < len(prompts):
+        return None
+    out = []
+    for rec, prompt in zip(records, prompts, strict=False):
+        if not isinstance(rec, dict) or rec.get("prompt") != prompt or rec.get("sampler") != sampler:
+            return None
+        ids, ended, end, text = rec.get("completion_ids"), rec.get("ended"), rec.get("end_token_id"), rec.get("completion")
+        if not isinstance(ids, list) or not all(type(t) is int and 0 <= t < vocab for t in ids):
+            return None
+        valid_end = (type(end) is int and 0 <= end < vocab) if ended is True else (ended is False and end is None)
+        if not valid_end or not isinstance(text, str):
+            return None
+        out.append(Rollout(text, tuple(ids), end))
+    return out
 
 
 # ----------------------------------------------------------------------------- estimation
@@ -386,7 +452,7 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
         print(f"all {len(steps)} requested checkpoints are already in {csv_path} (use --force to recompute)")
         return rows
 
-    model, tokenizer = load_model(cfg, device)
+    model, tokenizer = load_model(cfg, device, run)
     probe = build_run_probe(run, cfg, model, tokenizer, settings, device)
     groups = lora_groups(model, settings.restrict)
     atomic_write_json(settings_path, asdict(settings))
@@ -424,7 +490,7 @@ def calibrate(run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: lis
     from training_with_unsloth.rundir import atomic_write_json
 
     steps = sorted({run.adapter_steps()[0], run.adapter_steps()[-1]})
-    model, tokenizer = load_model(cfg, device)
+    model, tokenizer = load_model(cfg, device, run)
     probe = build_run_probe(run, cfg, model, tokenizer, base, device)
     masks = lora_groups(model, None)["all"]
     results = []
@@ -495,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--run", required=True, help="run directory, e.g. runs/quickstart")
     ap.add_argument("--checkpoints", type=_steps, default=None, help="comma-separated steps (default: every adapter checkpoint)")
-    ap.add_argument("--probe", choices=["reference", "rollouts"], default=d.probe, help="gold answers, or completions sampled once from a checkpoint")
+    ap.add_argument("--probe", choices=["reference", "rollouts"], default=d.probe, help="gold answers, or completions sampled once from a checkpoint with the run's sampler")
     ap.add_argument("--probe-from", type=int, default=None, help="checkpoint step the rollout probe is sampled from (default: the last)")
     ap.add_argument("--num-probes", type=int, default=d.num_probes, help="held-out problems in the probe set")
     ap.add_argument("--lr", type=float, default=d.lr, help="SGLD step size")

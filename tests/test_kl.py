@@ -45,9 +45,13 @@ def test_estimates_agree_with_the_exact_kl_on_samples():
 
 @pytest.fixture(scope="module")
 def trainer_and_batch(tmp_path_factory, tiny_model_dir):
-    """A tiny ResearchGRPOTrainer with TRL's beta on, and one generated-and-scored batch (with reference log-probs)."""
+    """A tiny ResearchGRPOTrainer with TRL's beta on, and one generated-and-scored batch (with reference log-probs).
+
+    Sampled at temperature 1.2: TRL scores log-probs from logits / temperature, and so must the toolkit.
+    """
     tmp = tmp_path_factory.mktemp("kl")
-    cfg = validate(tiny_config(tmp, tiny_model_dir, **{"trainer.beta": 0.2, "trainer.max_completion_length": 8}))
+    overrides = {"trainer.beta": 0.2, "trainer.max_completion_length": 8, "trainer.temperature": 1.2}
+    cfg = validate(tiny_config(tmp, tiny_model_dir, **overrides))
     prep = prepare(cfg, cuda=False)
     backends.prepare("transformers")
     import rewards
@@ -88,17 +92,28 @@ def _loss_and_grads(trainer, batch):
     return loss.detach(), grads
 
 
+def test_reference_logps_are_trls_at_the_sampling_temperature(trainer_and_batch):
+    trainer, batch = trainer_and_batch
+    assert trainer.temperature == 1.2
+    mask = batch["completion_mask"].bool()
+    ours = trainer._reference_logps(batch)
+    assert torch.allclose(ours[mask], batch["ref_per_token_logps"][mask], atol=1e-5)
+    assert not torch.allclose(trainer._policy_logps(batch)[mask], ours[mask], atol=1e-3), "the adapter must matter here"
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "bnpo"])
 def test_k3_loss_term_equals_trl_beta_path(trainer_and_batch, loss_type):
+    """At temperature 1.2, with the reference log-probs the toolkit computes itself (as it does when beta is 0)."""
     trainer, batch = trainer_and_batch
     assert batch["ref_per_token_logps"] is not None
     trainer.loss_type = loss_type
     trainer.beta, trainer.kl = 0.2, KLSettings(diagnostics=False)
     native_loss, native_grads = _loss_and_grads(trainer, batch)
+    ours_batch = {**batch, "ref_per_token_logps": trainer._reference_logps(batch)}
     trainer.beta, trainer.kl = 0.0, KLSettings(estimator="k3", coef=0.2, in_loss=True, diagnostics=False)
-    ours_loss, ours_grads = _loss_and_grads(trainer, batch)
+    ours_loss, ours_grads = _loss_and_grads(trainer, ours_batch)
     trainer.kl.coef = 0.0
-    without_loss, _ = _loss_and_grads(trainer, batch)
+    without_loss, _ = _loss_and_grads(trainer, ours_batch)
     assert not torch.isclose(native_loss, without_loss), "the KL term must matter in this batch"
     assert torch.allclose(native_loss, ours_loss, rtol=1e-5, atol=1e-7)
     assert native_grads.keys() == ours_grads.keys() and native_grads
@@ -136,6 +151,27 @@ def test_diagnostics_are_logged_also_with_beta_zero(trainer_and_batch, monkeypat
         assert values["kl/k3"][0] > 0 and values["kl/k2"][0] > 0
     for key in ("kl/k1", "kl/k2", "kl/k3"):
         assert logged["loss"][key][0] == pytest.approx(logged["generation"][key][0], rel=1e-4, abs=1e-7)
+
+
+def test_loss_term_is_logged_as_coefficient_times_token_mean_kl(trainer_and_batch):
+    """`kl/loss_term` is coef x the step's token-mean KL, whatever gradient accumulation divides the loss by."""
+    trainer, batch = trainer_and_batch
+    trainer.loss_type, trainer.beta = "grpo", 0.0
+    trainer.kl = KLSettings(estimator="k2", coef=0.3, in_loss=True, diagnostics=False)
+    trainer.current_gradient_accumulation_steps = 4
+    try:
+        halves = [{k: (v[i::2] if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in batch.items()} for i in (0, 1)]
+        for half in halves:
+            trainer._compute_loss(trainer.model, half)
+    finally:
+        trainer.current_gradient_accumulation_steps = 1
+    metrics = __import__("collections").defaultdict(list)
+    trainer.kl.flush(metrics)
+    with torch.no_grad():
+        logps = trainer._policy_logps(batch)
+    mask = batch["completion_mask"]
+    expected = 0.3 * float((per_token("k2", logps, batch["ref_per_token_logps"]) * mask).sum() / mask.sum())
+    assert metrics["kl/loss_term"] == [pytest.approx(expected, rel=1e-4)]
 
 
 def test_adaptive_controller_moves_the_coefficient_toward_the_target():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 
 from analysis import llc
 from analysis.probe import build_probe
@@ -111,7 +113,7 @@ def test_probe_loss_scores_completion_tokens_only(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "What is 13 + 29? Reply."}]]
-    probe = build_probe(tok, prompts, ["4", "The answer is 42"])
+    probe = build_probe(tok, prompts, ["4", "The answer is 42"], max_completion_tokens=64)
     assert probe.input_ids.shape[0] == 2
     per_token = probe.loss_fn()(model, probe.input_ids)
     assert per_token.shape == (2, probe.input_ids.shape[1] - 1)
@@ -177,3 +179,37 @@ def test_all_weights_mode_samples_the_base_too(run_copy):
     everything = llc.estimate(model, probe, None, settings, "cpu")
     assert lora_only["trace"] != everything["trace"]  # the base weights moved too
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)  # frozen again
+
+
+def test_cpu_loads_a_prequantized_runs_adapters_onto_its_16bit_base(run_copy, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from training_with_unsloth.config import yaml_load
+
+    from .test_prequantized import fake_cache
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    fake_cache(hub, "someone/Tiny", files=tiny_model_dir)  # the 16-bit base; the run names its 4-bit repo
+    raw = yaml_load((run_copy / "config.yaml").read_text())
+    raw["model"]["name"] = "someone/Tiny-bnb-4bit"
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = json.loads((run_copy / "env.json").read_text()) if (run_copy / "env.json").is_file() else {}
+    (run_copy / "env.json").write_text(json.dumps({**env, "model": {"name": "someone/Tiny-bnb-4bit", "revision": "feedc0de"}}))
+
+    run, cfg = llc.load_run(run_copy)
+    model, _ = llc.load_model(cfg, "cpu", run)
+    (note,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert "someone/Tiny-bnb-4bit is pre-quantized" in note and "16-bit base someone/Tiny " in note and "feedc0de" in note
+    llc.swap_adapter(model, run.adapter_dir(4))  # every LoRA tensor of the run matches the 16-bit base
+
+    (run_copy / "env.json").unlink()
+    llc.load_model(cfg, "cpu", run)
+    assert "revision" not in capsys.readouterr().out
+
+    raw["model"]["name"] = "someone/Absent-bnb-4bit"
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    capsys.readouterr()
+    assert llc.main(["--run", str(run_copy), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "huggingface-cli download someone/Absent" in err

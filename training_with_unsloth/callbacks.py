@@ -223,7 +223,8 @@ class BestCheckpoint(_Bound):
     run in registration order within an event). The first evaluation counts as an improvement; a tie keeps
     the earlier adapter; a NaN value never improves. `meta.json` holds the step, the metric, its value,
     the mode and all eval metrics of that evaluation. The best value and step are saved with every trainer
-    checkpoint (`state_key`), so a resumed run compares against the best of the steps it keeps.
+    checkpoint (`state_key`), and so is a copy of the adapter (`save_to_checkpoint`), so a resumed run puts
+    back the best of the steps it keeps and compares against it.
     """
 
     state_key = "best_checkpoint"
@@ -306,6 +307,12 @@ class BestCheckpoint(_Bound):
 
     def state_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "mode": self.mode, "value": self.best_value, "step": self.best_step}
+
+    def save_to_checkpoint(self, folder: Path) -> None:
+        """Keep the current best adapter in a trainer checkpoint being saved (hard links: no extra disk space)."""
+        from .resume import keep_best_copy
+
+        keep_best_copy(self.path, folder)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the best so far, unless it was kept for another metric or mode (then the next evaluation wins)."""

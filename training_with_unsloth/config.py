@@ -279,6 +279,12 @@ class ExperimentConfig(_Section):
                 raise ValueError(f"trainer.{key} is set by the toolkit: {_OWNED_TRAINER_KEYS[key]}")
             if key not in GRPO_CONFIG_FIELDS:
                 raise unknown("key", key, GRPO_CONFIG_FIELDS, where="trainer")
+            if key == "use_vllm" and v[key]:
+                raise ConfigError(
+                    "trainer.use_vllm: not supported yet: Pass@K evaluation generates through TRL's "
+                    "_generate_single_turn, which under vLLM keeps one prompt per num_generations and samples at the "
+                    "training temperature; set trainer.use_vllm: false"
+                )
             if key in TRAINER_CHOICES and v[key] not in TRAINER_CHOICES[key]:
                 best = closest(str(v[key]), TRAINER_CHOICES[key])
                 hint = f"did you mean '{best}'?" if best else f"valid: {', '.join(TRAINER_CHOICES[key])}"

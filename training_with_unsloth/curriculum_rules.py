@@ -57,18 +57,29 @@ def validate_curriculum(task_name: str, base_params: dict[str, Any], curriculum:
         if not _is_numeric_field(probe, s.param):
             raise ConfigError(f"curriculum.linear: task parameter '{s.param}' is not a number")
     # Every phase must accept both ends of every schedule (fails here, not hours into a run).
+    for where, params in phase_parameter_sets(task_name, base_params, curriculum, phases):
+        try:
+            task_registry.get(task_name, **params)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return phases
+
+
+def phase_parameter_sets(
+    task_name: str, base_params: dict[str, Any], curriculum: CurriculumConfig, phases: list[PhaseConfig] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """(label, task parameters) of every phase at both ends of every linear schedule."""
+    phases = phases if phases is not None else (list(curriculum.phases) or [PhaseConfig()])
+    probe = task_registry.get(task_name, **base_params)
     ends: list[dict[str, Any]] = [{}]
     if curriculum.linear:
         ends = [
             {s.param: _rounded(getattr(s, which), _is_int_field(probe, s.param)) for s in curriculum.linear}
             for which in ("start", "end")
         ]
+    out = []
     for k, phase in enumerate(phases):
         for values in ends:
-            try:
-                task_registry.get(task_name, **{**base_params, **phase.params, **values})
-            except ConfigError as exc:
-                where = f"curriculum.phases[{k}]" if curriculum.phases else "curriculum"
-                at = f" (with {values})" if values else ""
-                raise ConfigError(f"{where}{at}: {exc}") from None
-    return phases
+            where = f"curriculum.phases[{k}]" if curriculum.phases else "curriculum"
+            out.append((where + (f" (with {values})" if values else ""), {**base_params, **phase.params, **values}))
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from .config import ExperimentConfig, yaml_load
 from .errors import ConfigError, UserError
 from .rundir import RunDir, atomic_write_json, atomic_write_text, environment
 from .schedule import checkpoint_steps, eval_steps
+from .trainer_args import build_checked, check_trainer_types, resolve_precision, trainer_changes
 
 # Sections that must match the run's saved config to resume it (the rest may change, e.g. max_steps).
 _RESUME_MUST_MATCH = ("seed", "model", "task", "rewards", "curriculum", "replay")
@@ -95,6 +95,59 @@ def kl_settings(cfg: ExperimentConfig, backend: str) -> Any:
         target=cfg.kl.target,
         horizon=cfg.kl.horizon,
     )
+
+
+def prompt_sets(cfg: ExperimentConfig, train_ds: Any, eval_ds: Any) -> dict[str, list]:
+    """Every prompt the run can serve: the train set (each curriculum phase's, at both ends of its
+    schedules, when prompts come from a curriculum or replay) and the eval set."""
+    from .lengths import stored_prompts
+
+    sets: dict[str, list] = {}
+    if cfg.curriculum.enabled or cfg.replay.enabled:
+        from .curriculum_rules import phase_parameter_sets
+
+        for where, params in phase_parameter_sets(cfg.task.name, cfg.task.params, cfg.curriculum):
+            train, _ = task_registry.get(cfg.task.name, **params).build(cfg.seed)
+            sets[f"train set, {where}" if cfg.curriculum.enabled else "train set"] = stored_prompts(train)
+    else:
+        sets["train set"] = stored_prompts(train_ds)
+    sets["eval set"] = stored_prompts(eval_ds)
+    return sets
+
+
+def check_sequence_lengths(
+    cfg: ExperimentConfig, args: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, *, estimated_with: str | None = None
+) -> Any:
+    """`model.max_seq_length` against the longest prompt plus the longest completion; a ConfigError when it cannot
+    hold them (from an estimate only when the completions alone do not fit)."""
+    from .lengths import completion_budget, measure
+
+    budget = completion_budget(args.max_completion_length, cfg.eval.max_new_tokens if cfg.eval.enabled else None)
+    report = measure(
+        tokenizer,
+        prompt_sets(cfg, train_ds, eval_ds),
+        completion=budget,
+        max_seq_length=cfg.model.max_seq_length,
+        chat_template_kwargs=args.chat_template_kwargs,
+        estimated_with=estimated_with,
+    )
+    if not report.fits and report.certain:
+        raise report.error()
+    return report
+
+
+def _dry_run_lengths(cfg: ExperimentConfig, args: Any, train_ds: Any, eval_ds: Any) -> str:
+    """The plan's length line: measured with the model's tokenizer, or estimated with the embedded one."""
+    estimated_with = None
+    try:
+        tokenizer = backends.load_tokenizer(cfg.model)
+    except UserError:
+        tokenizer = backends.load_tokenizer(cfg.model.model_copy(update={"name": "embedded", "download": False}))
+        estimated_with = f"the embedded model's tokenizer ({cfg.model.name} is not cached)"
+    report = check_sequence_lengths(cfg, args, tokenizer, train_ds, eval_ds, estimated_with=estimated_with)
+    if report.fits:
+        return f"lengths    {report.needed} of model.max_seq_length {cfg.model.max_seq_length} tokens: {report.text()}"
+    return f"note       {report.text()}: model.max_seq_length may be too short (checked exactly when the model is cached)"
 
 
 def _steps_text(steps: list, limit: int = 16) -> str:
@@ -189,12 +242,10 @@ def _setup_wandb(cfg: ExperimentConfig, run: RunDir) -> list[str]:
     return ["wandb"]
 
 
-def build_grpo_config(
+def grpo_config_kwargs(
     cfg: ExperimentConfig, run: RunDir, reward_weights: list[float], *, cuda: bool, backend: str = "transformers"
-):
-    """TRL's GRPOConfig (Unsloth's, under Unsloth) from the `trainer` section plus what the toolkit owns."""
-    from trl import GRPOConfig
-
+) -> dict[str, Any]:
+    """Every GRPOConfig value the run asks for: the `trainer` section plus what the toolkit owns."""
     kw: dict[str, Any] = dict(cfg.trainer)
     kw.update(
         output_dir=str(run.trainer),
@@ -203,37 +254,31 @@ def build_grpo_config(
         run_name=cfg.name,
         reward_weights=reward_weights,
     )
+    _, precision = resolve_precision(cfg, cuda=cuda)
+    kw.update(precision)
     if not cuda:
         kw.setdefault("use_cpu", True)
-        kw.setdefault("bf16", False)
     if cfg.kl.coef and backend == "unsloth":
         kw["beta"] = cfg.kl.coef  # k3 (checked in prepare): Unsloth's own KL term
-    _check_trainer_types(GRPOConfig, cfg.trainer)
-    try:
-        return GRPOConfig(**kw)
-    except (TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"trainer: {first}") from None
+    if "scale_rewards" in kw and kw["scale_rewards"] is None and not _unsloth_dr_grpo(kw, backend):
+        kw["scale_rewards"] = "group"  # `null` is group scaling, spelled so that Unsloth keeps it under dr_grpo
+    return kw
 
 
-def _check_trainer_types(config_cls: type, values: dict[str, Any]) -> None:
-    """Check `trainer:` values against GRPOConfig's annotations (the dataclass itself does not)."""
-    import typing
+def _unsloth_dr_grpo(kw: dict[str, Any], backend: str) -> bool:
+    return backend == "unsloth" and kw.get("loss_type") == "dr_grpo"
 
-    from pydantic import TypeAdapter, ValidationError
-    from pydantic.errors import PydanticSchemaGenerationError
 
-    hints = typing.get_type_hints(config_cls)
-    for key, value in values.items():
-        try:
-            adapter = TypeAdapter(hints[key])
-        except (PydanticSchemaGenerationError, KeyError, TypeError):
-            continue  # a type pydantic cannot express; TRL checks it when used
-        try:
-            adapter.validate_python(value)
-        except ValidationError as exc:
-            msg = exc.errors(include_url=False)[0]["msg"]
-            raise ConfigError(f"trainer.{key}: {msg} (got {value!r})") from None
+def build_grpo_config(
+    cfg: ExperimentConfig, run: RunDir, reward_weights: list[float], *, cuda: bool, backend: str = "transformers"
+):
+    """TRL's GRPOConfig (Unsloth's, under Unsloth) holding what the YAML asks and TRL's defaults elsewhere."""
+    from trl import GRPOConfig
+
+    kw = grpo_config_kwargs(cfg, run, reward_weights, cuda=cuda, backend=backend)
+    check_trainer_types(GRPOConfig, cfg.trainer, allow_none=("scale_rewards",))
+    dr_grpo_none = _unsloth_dr_grpo(kw, backend) and "scale_rewards" in kw and kw["scale_rewards"] is None
+    return build_checked(GRPOConfig, kw, asked=set(kw), unsloth_dr_grpo_none=dr_grpo_none)
 
 
 def run_experiment(
@@ -262,11 +307,15 @@ def run_experiment(
             check_eval_size(cfg, eval_ds)
             data = data_text(train_ds, eval_ds)
         except UserError as exc:
+            train_ds = eval_ds = None
             data = f"note       {exc}"
+        lengths = _dry_run_lengths(cfg, args, train_ds, eval_ds) if train_ds is not None else None
         print(cfg.to_yaml().rstrip())
         print("---")
         print(plan_text(prep, cuda=cuda, resume_from=resume_from))
         print(data)
+        if lengths:
+            print(lengths)
         return None
 
     from transformers import set_seed
@@ -289,9 +338,12 @@ def run_experiment(
                 cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay,
                 seed=cfg.seed, max_steps=cfg.max_steps, eval_ds=eval_ds,
             )  # fmt: skip
+        check_sequence_lengths(cfg, args, backends.load_tokenizer(cfg.model), train_ds, eval_ds)  # before the model loads
         loaded = backends.load(
             cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(args.gradient_checkpointing)
         )
+        asked = set(grpo_config_kwargs(cfg, run, weights, cuda=cuda, backend=prep.backend))
+        before = args.to_dict()
         try:
             trainer = ResearchGRPOTrainer(
                 model=loaded.model,
@@ -305,22 +357,32 @@ def run_experiment(
                 ),
                 kl=kl_settings(cfg, prep.backend),
             )
-        except ValueError as exc:  # TRL validates most settings when the trainer is built
-            raise ConfigError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
+        except (TypeError, ValueError) as exc:  # TRL and Unsloth validate settings when the trainer is built
+            text = str(exc).strip()
+            raise ConfigError(f"trainer: {text.splitlines()[0] if text else type(exc).__name__}") from None
+        rewritten = trainer_changes(before, trainer.args, asked=asked)  # an asked-for key changed: ConfigError
     except BaseException:
         if fresh:  # nothing was trained: leave no half-made run directory behind
             shutil.rmtree(run.path, ignore_errors=True)
         raise
 
     if resume:
-        env = json.loads(run.env.read_text()) if run.env.is_file() else {}
-        env.setdefault("resumes", []).append(environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path))
-        atomic_write_json(run.env, env)
-        run.truncate_metrics(int(resume_from.rsplit("-", 1)[1]))
+        from .resume import check_research_state, resume_run
+
+        check_research_state(resume_from, trainer.stateful)  # refused before anything is moved
+        resume_run(
+            run,
+            resume_from,
+            config_text=cfg.to_yaml(),
+            config=cfg.model_dump(mode="json"),
+            env=environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path, model=loaded.record),
+        )
     else:
         atomic_write_text(run.config, cfg.to_yaml())
-        atomic_write_json(run.env, environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path))
-    atomic_write_json(run.trainer / "grpo_config.json", args.to_dict())
+        atomic_write_json(run.env, environment(backend=prep.backend, seed=cfg.seed, model_path=loaded.model_path, model=loaded.record))
+    if rewritten:
+        print("note: the trainer set keys the YAML leaves unset: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in rewritten.items()))
+    atomic_write_json(run.trainer / "grpo_config.json", trainer.args.to_dict())  # what the trainer runs with
     trainer.train(resume_from_checkpoint=resume_from)
     return run
 

@@ -10,7 +10,6 @@ Estimates are token-averaged over completion tokens (sum over all tokens / numbe
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,39 +76,6 @@ def importance_ratio(trainer: Any, logps: torch.Tensor, inputs: dict[str, Any], 
     return torch.exp(log_ratio)
 
 
-@torch.no_grad()
-def token_logps(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *, batch_size: int
-) -> torch.Tensor:
-    """Log-probs of the last ``logits_to_keep`` tokens of each row, in chunks of ``batch_size`` rows.
-
-    A plain forward pass, so it works the same under TRL and Unsloth (whose patched models may return
-    hidden states instead of logits while its trainer computes its own loss: those are projected here).
-    """
-    from trl.trainer.utils import selective_log_softmax
-
-    saved = os.environ.get("UNSLOTH_RETURN_HIDDEN_STATES")
-    os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = "0"
-    try:
-        head = model.get_output_embeddings()
-        out = []
-        for start in range(0, input_ids.size(0), max(1, batch_size)):
-            ids = input_ids[start : start + batch_size]
-            logits = model(
-                input_ids=ids, attention_mask=attention_mask[start : start + batch_size], logits_to_keep=logits_to_keep + 1
-            ).logits
-            if head is not None and logits.size(-1) != head.weight.size(0):  # hidden states, not logits
-                logits = head(logits.to(head.weight.dtype))
-            logits = logits[:, :-1, :]  # the last position predicts past the sequence
-            out.append(selective_log_softmax(logits.float(), ids[:, -logits_to_keep:]))
-        return torch.cat(out, dim=0)
-    finally:
-        if saved is None:
-            os.environ.pop("UNSLOTH_RETURN_HIDDEN_STATES", None)
-        else:
-            os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = saved
-
-
 @dataclass
 class KLSettings:
     """What the trainer does about KL: measure it, put it in the loss, and where its coefficient lives."""
@@ -123,6 +89,8 @@ class KLSettings:
     observed: list[float] = field(default_factory=list)  # this step's estimates (of `estimator`), for the controller
     sums: dict[str, float] = field(default_factory=dict)  # this step's token sums of k1/k2/k3 ...
     tokens: float = 0.0  # ... over this many completion tokens
+    term_sum: float = 0.0  # this step's token sum of the loss term's estimator (transformers backend) ...
+    term_tokens: float = 0.0  # ... over this many completion tokens
 
     @property
     def measures(self) -> bool:
@@ -138,15 +106,24 @@ class KLSettings:
             self.sums[name] = self.sums.get(name, 0.0) + value
         self.tokens += tokens
 
+    def add_term(self, total: float, tokens: float) -> None:
+        """Accumulate one micro-batch's token sum of the KL estimate that enters the loss."""
+        self.term_sum += total
+        self.term_tokens += tokens
+
     def flush(self, metrics: dict[str, list[float]]) -> None:
-        """End of an optimizer step: log `kl/k1..k3` (token means over the whole step) and hand the controller its value."""
+        """End of an optimizer step: log `kl/k1..k3` (token means over the whole step), `kl/loss_term`
+        (the step's coefficient times its token-mean KL estimate) and hand the controller its value."""
         if self.tokens > 0:
             means = {name: value / self.tokens for name, value in self.sums.items()}
             if self.diagnostics:
                 for name, value in means.items():
                     metrics[f"kl/{name}"].append(value)
             self.observe(means[self.estimator])
+        if self.term_tokens > 0:
+            metrics["kl/loss_term"].append(self.coef * self.term_sum / self.term_tokens)
         self.sums, self.tokens = {}, 0.0
+        self.term_sum, self.term_tokens = 0.0, 0.0
 
 
 class KLMeter(TrainerCallback):

@@ -18,10 +18,9 @@ from transformers import GenerationConfig, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer
 
 from . import kl as kl_math
+from .resume import RESEARCH_STATE_FILE  # in each trainer/checkpoint-<step>/, written before TRL's state
 from .rundir import atomic_write_json
 from .scored_batch import ScoredBatch
-
-RESEARCH_STATE_FILE = "research_state.json"  # in each trainer/checkpoint-<step>/, beside TRL's own state
 
 
 class ResearchGRPOTrainer(GRPOTrainer):
@@ -62,14 +61,33 @@ class ResearchGRPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ research state across resumes
 
     def _save_checkpoint(self, model, trial):
+        """Research state (and the files of stateful callbacks, e.g. a copy of checkpoints/best) first, then TRL's.
+
+        transformers writes `trainer_state.json` last, and that file marks a checkpoint complete: a run killed
+        in between leaves an incomplete checkpoint, never a complete one without its research state.
+        """
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        if self.args.should_save:
+            # the folder transformers' _save_checkpoint writes into (directly: it uses no staging folder)
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder / RESEARCH_STATE_FILE, {name: obj.state_dict() for name, obj in self.stateful.items()})
+            for obj in self.stateful.values():
+                if hasattr(obj, "save_to_checkpoint"):
+                    obj.save_to_checkpoint(folder)
         super()._save_checkpoint(model, trial)
-        if self.stateful and self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            state = {name: obj.state_dict() for name, obj in self.stateful.items()}
-            atomic_write_json(folder / RESEARCH_STATE_FILE, state)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """TRL's train, with the research state restored first (refused, in one line, where a checkpoint lacks it)."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from .resume import check_research_state
+
+        if resume_from_checkpoint is True:  # as transformers resolves it, so the research state comes from there too
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
         if isinstance(resume_from_checkpoint, str):
+            check_research_state(resume_from_checkpoint, self.stateful)
             path = Path(resume_from_checkpoint) / RESEARCH_STATE_FILE
             saved = json.loads(path.read_text()) if path.is_file() else {}
             for name, obj in self.stateful.items():
@@ -90,7 +108,7 @@ class ResearchGRPOTrainer(GRPOTrainer):
             return output
         self._kl_at_loss = False
         if self.kl.measures or self.kl.in_loss:
-            ref = self._usable_logps(output, "ref_per_token_logps")
+            ref = self._stored_logps(output, "ref_per_token_logps")
             if ref is None:
                 ref = self._reference_logps(output)
                 if output.get("ref_per_token_logps") is None and self._loss_is_trls():
@@ -98,7 +116,7 @@ class ResearchGRPOTrainer(GRPOTrainer):
                     # reads it only when beta != 0, and then computed its own. Unsloth's own value is never replaced.
                     output["ref_per_token_logps"] = ref
             if self.kl.measures:
-                policy = self._usable_logps(output, "old_per_token_logps")
+                policy = self._stored_logps(output, "old_per_token_logps")
                 if policy is None and self._loss_is_trls():
                     # TRL's loss forward computes these very log-probs (same weights: no update happens between
                     # generation and the step's micro-batches without old_per_token_logps): measure there, for free.
@@ -114,13 +132,33 @@ class ResearchGRPOTrainer(GRPOTrainer):
                 hook(batch)
         return output
 
-    @staticmethod
-    def _usable_logps(output: dict[str, Any], key: str) -> torch.Tensor | None:
-        """TRL's per-token log-probs when present; Unsloth may store hidden states or another width there."""
+    def _stored_logps(self, output: dict[str, Any], key: str) -> torch.Tensor | None:
+        """TRL's or Unsloth's per-token log-probs of the batch, one column per completion token (None when absent)."""
         value = output.get(key)
-        if isinstance(value, torch.Tensor) and value.shape == output["completion_ids"].shape:
-            return value
-        return None
+        if not isinstance(value, torch.Tensor) or value.dim() != 2:
+            return None
+        return self._per_completion_token(value, output)
+
+    def _per_completion_token(self, logps: torch.Tensor, output: dict[str, Any]) -> torch.Tensor:
+        """Log-probs laid out like `completion_ids` (row i, column j: completion token j of row i).
+
+        TRL's scorer returns exactly that. Unsloth's moves each row's left padding to the right before its
+        forward and scores the last `completion length + max left padding` positions, so row i's completion
+        starts `max_left_pad - left_pad_i` columns in (`unsloth_zoo.rl_replacements.create_completion_attention_mask`).
+        """
+        completion_ids = output["completion_ids"]
+        length = completion_ids.size(1)
+        extra = logps.size(1) - length
+        if extra == 0:
+            return logps
+        pad_id = self.processing_class.pad_token_id if hasattr(self.processing_class, "pad_token_id") else None
+        if extra < 0 or pad_id is None:
+            raise RuntimeError(f"per-token log-probs of width {logps.size(1)} for completions of {length} tokens")
+        left_pad = (output["prompt_ids"] == pad_id).sum(-1)  # Unsloth's calculate_pad_tokens_in_prompt
+        if int(left_pad.max()) != extra:
+            raise RuntimeError(f"log-probs {extra} columns wider than the completions, but the prompts' left padding is {int(left_pad.max())}")
+        columns = (extra - left_pad)[:, None] + torch.arange(length, device=logps.device)[None, :]
+        return logps.gather(1, columns.to(logps.device))
 
     def _scored_batch(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> ScoredBatch:
         n = len(inputs)
@@ -154,18 +192,40 @@ class ResearchGRPOTrainer(GRPOTrainer):
         return input_ids, attention_mask, output["completion_ids"].size(1)
 
     @torch.no_grad()
+    def _trainer_logps(self, output: dict[str, Any]) -> torch.Tensor:
+        """Per-token log-probs of the batch's completions through the trainer's own scorer.
+
+        TRL's (or Unsloth's) `_get_per_token_logps_and_entropies`, which the loss also uses: logits divided by
+        `args.temperature`, the model's softcapping and logit scaling applied, so policy and reference are
+        scored exactly as training scores them.
+        """
+        input_ids, attention_mask, logits_to_keep = self._forward_inputs(output)
+        batch_size = self.args.per_device_train_batch_size
+        if self._loss_is_trls():
+            from trl.models.utils import disable_gradient_checkpointing
+
+            # as TRL does around its own no-grad scoring (Unsloth replaces this context with a no-op of its own)
+            with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                logps = self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                )[0]
+        else:
+            logps = self._get_per_token_logps_and_entropies(
+                self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+            )[0]
+        return self._per_completion_token(logps.detach(), output)
+
     def _policy_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs of the completions under the current policy (the one that sampled them)."""
-        return kl_math.token_logps(self.model, *self._forward_inputs(output), batch_size=self.args.per_device_train_batch_size)
+        return self._trainer_logps(output)
 
-    @torch.no_grad()
     def _reference_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs under the reference: the base model, the LoRA adapter switched off."""
         from trl.trainer.utils import use_adapter
 
         model = self.accelerator.unwrap_model(self.model)
         with use_adapter(model, adapter_name="ref" if "ref" in getattr(model, "peft_config", {}) else None):
-            return kl_math.token_logps(self.model, *self._forward_inputs(output), batch_size=self.args.per_device_train_batch_size)
+            return self._trainer_logps(output)
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
         result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
@@ -193,10 +253,10 @@ class ResearchGRPOTrainer(GRPOTrainer):
         if not self.kl.in_loss:
             return loss
         per_token_kl = kl_math.per_token(self.kl.estimator, per_token_logps, inputs["ref_per_token_logps"])
+        self.kl.add_term(float((per_token_kl.detach() * mask).sum()), float(mask.sum()))  # logged as kl/loss_term
         if self.args.use_bias_correction_kl:  # TRL's default: weight the KL term by the importance ratio, as it does
             per_token_kl = per_token_kl * kl_math.importance_ratio(self, per_token_logps, inputs, mask)
         term = kl_math.aggregate_like_trl(self, per_token_kl, mask, inputs)
-        self._metrics["train"]["kl/loss_term"].append(float(term.detach()) * self.kl.coef)
         return loss + self.kl.coef * term
 
     @contextmanager

@@ -5,6 +5,7 @@ runs/<name>/
   config.yaml  env.json  metrics.jsonl  eval/passk-<step>.jsonl
   checkpoints/adapter-<step>/  checkpoints/best/  trainer/checkpoint-<step>/  plots/*.png  analysis/
   completions/<step>.jsonl   (when logging.completions is on)
+  abandoned/<time>/          (what a resume set aside: the steps after its checkpoint, same relative paths)
 ```
 Files another process may read are written beside their final name, then renamed.
 """
@@ -98,6 +99,8 @@ class RunDir:
     plots = property(lambda self: self.path / "plots")
     analysis = property(lambda self: self.path / "analysis")
     completions = property(lambda self: self.path / "completions")
+    best = property(lambda self: self.checkpoints / "best")
+    abandoned = property(lambda self: self.path / "abandoned")
 
     def create(self) -> None:
         for d in (self.path, self.eval_dir, self.checkpoints, self.trainer, self.plots):
@@ -123,12 +126,22 @@ class RunDir:
     def read_metrics(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.metrics))
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """Keep records up to `last_step` (resume: the steps after the checkpoint will be redone)."""
+    def split_metrics(self, last_step: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The records a resume from `last_step` keeps, and those it drops (later steps, the end-of-run summary)."""
+        kept: list[dict[str, Any]] = []
+        dropped: list[dict[str, Any]] = []
+        for r in self.read_metrics():
+            (kept if r.get("step", 0) <= last_step and r.get("kind") != "summary" else dropped).append(r)
+        return kept, dropped
+
+    def truncate_metrics(self, last_step: int) -> list[dict[str, Any]]:
+        """Keep records up to `last_step` (resume: the steps after the checkpoint will be redone); returns the rest."""
         if not self.metrics.exists():
-            return
-        kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step and r.get("kind") != "summary"]
-        atomic_write_text(self.metrics, "".join(to_json(r) + "\n" for r in kept))
+            return []
+        kept, dropped = self.split_metrics(last_step)
+        if dropped:
+            atomic_write_text(self.metrics, "".join(to_json(r) + "\n" for r in kept))
+        return dropped
 
     # ---- checkpoints
     def adapter_dir(self, step: int) -> Path:
@@ -141,17 +154,37 @@ class RunDir:
             if (m := re.fullmatch(r"adapter-(\d+)", p.name)) and (p / "meta.json").is_file()
         )
 
-    def last_trainer_checkpoint(self) -> Path | None:
-        """The newest complete `trainer/checkpoint-<step>` (one with its trainer_state.json)."""
-        found = [
+    def trainer_checkpoints(self) -> list[tuple[int, Path]]:
+        """Every `trainer/checkpoint-<step>` folder, complete or not, by step."""
+        return sorted(
             (int(m.group(1)), p)
             for p in self.trainer.glob("checkpoint-*")
-            if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file()
-        ]
-        return max(found)[1] if found else None
+            if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and p.is_dir()
+        )
+
+    def last_trainer_checkpoint(self) -> Path | None:
+        """The newest complete `trainer/checkpoint-<step>` (one with its trainer_state.json)."""
+        found = [p for _, p in self.trainer_checkpoints() if (p / "trainer_state.json").is_file()]
+        return found[-1] if found else None
 
     def passk_file(self, step: int) -> Path:
         return self.eval_dir / f"passk-{step}.jsonl"
+
+    def step_files(self) -> list[tuple[str, int, Path]]:
+        """(kind, step, path) of everything written for one training step, by training or by the analysis."""
+        patterns = (
+            ("adapter", self.checkpoints, r"adapter-(\d+)"),
+            ("eval", self.eval_dir, r"passk-(\d+)\.jsonl"),
+            ("completions", self.completions, r"(\d+)(?:\.rank\d+)?\.jsonl"),
+            ("trainer checkpoint", self.trainer, r"checkpoint-(\d+)"),
+            ("LLC trace", self.analysis / "traces", r"step-(\d+)\.json"),
+            ("probe rollouts", self.analysis, r"probe-rollouts-(\d+)\.jsonl"),
+        )
+        found = []
+        for kind, folder, pattern in patterns:
+            if folder.is_dir():
+                found += [(kind, int(m.group(1)), p) for p in folder.iterdir() if (m := re.fullmatch(pattern, p.name))]
+        return sorted(found, key=lambda f: (f[0], f[1], f[2].name))
 
 
 def git_commit(start: Path | None = None) -> dict[str, Any]:
@@ -177,8 +210,9 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def environment(*, backend: str, seed: int, model_path: str) -> dict[str, Any]:
-    """What `env.json` records: versions, device, backend, git commit, seed, command line."""
+def environment(*, backend: str, seed: int, model_path: str, model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `env.json` records: versions, device, backend, the base model loaded (name, snapshot revision), git
+    commit, seed, command line."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -197,6 +231,7 @@ def environment(*, backend: str, seed: int, model_path: str) -> dict[str, Any]:
         },
         "backend": backend,
         "model_path": model_path,
+        "model": model or {},
         "seed": seed,
         "git": git_commit(),
     }
