@@ -4,6 +4,7 @@
     uv run analysis/llc.py --run runs/quickstart --calibrate     # lr x n_beta grid on first and last checkpoint
     uv run analysis/llc.py --run runs/quickstart --restrict attn-mlp
     uv run analysis/llc.py --run runs/quickstart --probe rollouts --probe-from 30
+    uv run grpo-llc --run runs/quickstart                        # the same command, as a console script
 
 The base model is loaded once, through the training backends; each `checkpoints/adapter-<step>/`
 is swapped in by loading its LoRA weights into the same model. Only the LoRA parameters are
@@ -95,8 +96,8 @@ def load_model(cfg: Any, device: str, run: Any | None = None):
     Off CUDA, a 4-bit run is loaded onto 16-bit weights: its adapters are plain PEFT LoRA files
     whose tensor names do not depend on the base's quantization (`swap_adapter` checks each one).
     """
-    from training_with_unsloth import backends
-    from training_with_unsloth.prequantized import cpu_base, is_prequantized
+    from training_with_unsloth.models import backends
+    from training_with_unsloth.models.prequantized import cpu_base, is_prequantized
 
     cuda = device.startswith("cuda")
     backend = "unsloth" if cuda and backends.resolve_backend(cfg.model.backend) == "unsloth" else "transformers"
@@ -409,7 +410,11 @@ def plot_traces(run: Any, steps: Sequence[int], settings: Settings, path: Path) 
                 ax.plot(trace, lw=1, label=f"{group} chain {i}" if group != "all" else f"chain {i}")
             ax.axhline(est["init_loss"], color="black", ls=":", lw=1)
         ax.axvline(settings.burn_in - 0.5, color="grey", ls="--", lw=1)
-        ax.set_title(f"step {step}" + ("" if data["healthy"] else "  (unhealthy)"), fontsize=9, color="black" if data["healthy"] else "tab:red")
+        ax.set_title(
+            f"step {step}" + ("" if data["healthy"] else "  (unhealthy)"),
+            fontsize=9,
+            color="black" if data["healthy"] else "tab:red",
+        )
         ax.set_xlabel("SGLD step", fontsize=8)
         ax.set_ylabel("probe loss", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -472,7 +477,10 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
             {"step": step, "healthy": row["healthy"], "notes": row["notes"], "estimates": ests},
         )
         write_csv(csv_path, rows)  # after every checkpoint: an interruption loses at most the current one
-        bar.write(f"step {step}: llc {row['llc_mean']:.4g} +- {row['llc_std']:.3g}" + ("" if row["healthy"] else f"  UNHEALTHY: {row['notes']}"))
+        bar.write(
+            f"step {step}: llc {row['llc_mean']:.4g} +- {row['llc_std']:.3g}"
+            + ("" if row["healthy"] else f"  UNHEALTHY: {row['notes']}")
+        )
     done_steps = sorted(int(r["step"]) for r in rows if (run.analysis / "traces" / f"step-{int(r['step'])}.json").is_file())
     if done_steps:
         plot_traces(run, done_steps, settings, run.analysis / "llc_traces.png")
@@ -480,68 +488,140 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
 
 
 def calibrate(run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: list[float], *, device: str) -> dict[str, Any]:
-    """Grid of lr x n_beta on the first and last checkpoint; table, trace grid and a recommendation."""
+    """Grid of lr x n_beta on the first and last checkpoint; table, trace grid and a recommendation.
+
+    Steps: estimate every grid point (`calibration_estimates`), draw the trace grid
+    (`plot_calibration`), pick a setting (`recommend_setting`), write `calibration.csv` and
+    `calibration.json` (`write_calibration`), print the table (`print_calibration`).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    steps = sorted({run.adapter_steps()[0], run.adapter_steps()[-1]})
+    model, tokenizer = load_model(cfg, device, run)
+    probe = build_run_probe(run, cfg, model, tokenizer, base, device)
+    masks = lora_groups(model, None)["all"]
+    results, traces = calibration_estimates(run, model, probe, masks, base, steps, lrs, n_betas, device=device)
+    plot_calibration(run, steps, lrs, n_betas, results, traces, run.analysis / "calibration.png")
+    rec = recommend_setting(results)
+    write_calibration(run, steps, results, rec)
+    print_calibration(steps, results, rec)
+    return {"results": results, "recommended": rec}
+
+
+def calibration_estimates(
+    run: Any, model: Any, probe: Any, masks: dict[str, None], base: Settings, steps: list[int],
+    lrs: list[float], n_betas: list[float], *, device: str,
+) -> tuple[list[dict[str, Any]], list[list[list[float]]]]:
+    """One LLC estimate per checkpoint x lr x n_beta, in that order, with progress and ETA printed.
+
+    Returns the result rows (step, lr, n_beta, llc_mean, llc_std, healthy, notes) and, aligned with
+    them, each estimate's per-chain loss traces.
+    """
+    results: list[dict[str, Any]] = []
+    traces: list[list[list[float]]] = []
+    total = len(steps) * len(lrs) * len(n_betas)
+    t0, k = time.time(), 0
+    for step in steps:
+        swap_adapter(model, run.adapter_dir(step))
+        for lr in lrs:
+            for nb in n_betas:
+                s = replace(base, lr=lr, n_beta=nb)
+                est = estimate(model, probe, masks, s, device)
+                ok, why = health(est, s)
+                results.append(
+                    {
+                        "step": step,
+                        "lr": lr,
+                        "n_beta": nb,
+                        "llc_mean": est["llc_mean"],
+                        "llc_std": est["llc_std"],
+                        "healthy": ok,
+                        "notes": why,
+                    }
+                )
+                traces.append(est["trace"])
+                k += 1
+                eta = (time.time() - t0) / k * (total - k)
+                print(
+                    f"[{k}/{total}] step {step} lr {lr:g} n_beta {nb:g}: llc {est['llc_mean']:.4g} "
+                    f"{'healthy' if ok else 'UNHEALTHY: ' + why}  (ETA {eta:.0f}s)",
+                    flush=True,
+                )
+    return results, traces
+
+
+def plot_calibration(
+    run: Any, steps: list[int], lrs: list[float], n_betas: list[float],
+    results: list[dict[str, Any]], traces: list[list[list[float]]], path: Path,
+) -> Path:
+    """One panel per lr x n_beta: each chain's loss trace on the first (blue) and last (orange) checkpoint."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from training_with_unsloth.plots import save_figure
-    from training_with_unsloth.rundir import atomic_write_json
 
-    steps = sorted({run.adapter_steps()[0], run.adapter_steps()[-1]})
-    model, tokenizer = load_model(cfg, device, run)
-    probe = build_run_probe(run, cfg, model, tokenizer, base, device)
-    masks = lora_groups(model, None)["all"]
-    results = []
     fig, axes = plt.subplots(len(lrs), len(n_betas), figsize=(3.6 * len(n_betas), 2.6 * len(lrs)), squeeze=False)
-    total = len(steps) * len(lrs) * len(n_betas)
-    t0, k = time.time(), 0
+    points = iter(zip(results, traces, strict=True))
     for step in steps:
-        swap_adapter(model, run.adapter_dir(step))
         for i, lr in enumerate(lrs):
             for j, nb in enumerate(n_betas):
-                s = replace(base, lr=lr, n_beta=nb)
-                est = estimate(model, probe, masks, s, device)
-                ok, why = health(est, s)
-                results.append({"step": step, "lr": lr, "n_beta": nb, "llc_mean": est["llc_mean"], "llc_std": est["llc_std"], "healthy": ok, "notes": why})
+                _, chains = next(points)
                 ax = axes[i][j]
-                for trace in est["trace"]:
+                for trace in chains:
                     ax.plot(trace, lw=1, color="tab:blue" if step == steps[0] else "tab:orange", label=f"step {step}")
-                ax.set_title(f"lr {lr:g}, n_beta {nb:g}" + ("" if all(r["healthy"] for r in results if r["lr"] == lr and r["n_beta"] == nb) else " (unhealthy)"), fontsize=8)
+                healthy = all(r["healthy"] for r in results if r["lr"] == lr and r["n_beta"] == nb)
+                ax.set_title(f"lr {lr:g}, n_beta {nb:g}" + ("" if healthy else " (unhealthy)"), fontsize=8)
                 ax.tick_params(labelsize=6)
-                k += 1
-                eta = (time.time() - t0) / k * (total - k)
-                print(f"[{k}/{total}] step {step} lr {lr:g} n_beta {nb:g}: llc {est['llc_mean']:.4g} {'healthy' if ok else 'UNHEALTHY: ' + why}  (ETA {eta:.0f}s)", flush=True)
     handles, labels = axes[0][0].get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
     fig.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper right")
     fig.suptitle(f"{run.path.name}: calibration traces (blue: first checkpoint, orange: last)", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, run.analysis / "calibration.png", dpi=200)
+    save_figure(fig, path, dpi=200)
     plt.close(fig)
-    write_csv(run.analysis / "calibration.csv", [{**r, "step": r["step"]} for r in results])
+    return path
 
-    # Recommend: healthy on both checkpoints; then the smallest lr x n_beta spread between chains, larger lr first.
+
+def recommend_setting(results: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The lr and n_beta to use: healthy on every checkpoint; then the smallest spread between chains
+    (llc_std / |llc_mean|, worst checkpoint), larger lr first. None when no setting is healthy throughout."""
     by_setting: dict[tuple[float, float], list[dict]] = {}
     for r in results:
         by_setting.setdefault((r["lr"], r["n_beta"]), []).append(r)
     healthy = [(k, v) for k, v in by_setting.items() if all(r["healthy"] for r in v)]
-    if healthy:
-        (lr, nb), _ = min(healthy, key=lambda kv: (max(r["llc_std"] / max(abs(r["llc_mean"]), 1e-12) for r in kv[1]), -kv[0][0]))
-        rec = {"lr": lr, "n_beta": nb}
-    else:
-        rec = None
+    if not healthy:
+        return None
+    (lr, nb), _ = min(healthy, key=lambda kv: (max(r["llc_std"] / max(abs(r["llc_mean"]), 1e-12) for r in kv[1]), -kv[0][0]))
+    return {"lr": lr, "n_beta": nb}
+
+
+def write_calibration(run: Any, steps: list[int], results: list[dict[str, Any]], rec: dict[str, float] | None) -> None:
+    """`calibration.csv` (one row per grid point) and `calibration.json` (steps, results, recommendation)."""
+    from training_with_unsloth.rundir import atomic_write_json
+
+    write_csv(run.analysis / "calibration.csv", [{**r, "step": r["step"]} for r in results])
     atomic_write_json(run.analysis / "calibration.json", {"steps": steps, "results": results, "recommended": rec})
+
+
+def print_calibration(steps: list[int], results: list[dict[str, Any]], rec: dict[str, float] | None) -> None:
+    """The grid as a table, then the recommended flags (or what to widen when nothing was healthy)."""
     print()
     print(f"{'step':>6} {'lr':>9} {'n_beta':>7} {'llc_mean':>10} {'llc_std':>9}  healthy")
     for r in results:
-        print(f"{r['step']:>6} {r['lr']:>9.3g} {r['n_beta']:>7.3g} {r['llc_mean']:>10.4g} {r['llc_std']:>9.3g}  {'yes' if r['healthy'] else 'no: ' + r['notes']}")
+        print(
+            f"{r['step']:>6} {r['lr']:>9.3g} {r['n_beta']:>7.3g} {r['llc_mean']:>10.4g} {r['llc_std']:>9.3g}  "
+            f"{'yes' if r['healthy'] else 'no: ' + r['notes']}"
+        )
     if rec:
         print(f"\nrecommended: --lr {rec['lr']:g} --n-beta {rec['n_beta']:g} (healthy on steps {steps}, most consistent chains)")
     else:
-        print("\nno setting was healthy on both checkpoints: widen the grid (smaller --lr values), raise --localization or --draws")
-    return {"results": results, "recommended": rec}
+        print(
+            "\nno setting was healthy on both checkpoints: widen the grid (smaller --lr values), raise --localization or --draws"
+        )
 
 
 def _floats(text: str) -> list[float]:
@@ -552,17 +632,29 @@ def _steps(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+INTERRUPTED = "interrupted: llc.csv holds every checkpoint finished so far; rerun to continue"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training_with_unsloth.cli import command_name
+
     d = Settings()
     ap = argparse.ArgumentParser(
-        prog="llc.py",
+        prog=command_name("llc.py"),
         description="LLCs over a run's adapter checkpoints (devinterp SGLD on the LoRA weights).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("--run", required=True, help="run directory, e.g. runs/quickstart")
+    ap.add_argument("--run", required=True, help="run directory (<output_dir>/<name>), e.g. runs/quickstart")
     ap.add_argument("--checkpoints", type=_steps, default=None, help="comma-separated steps (default: every adapter checkpoint)")
-    ap.add_argument("--probe", choices=["reference", "rollouts"], default=d.probe, help="gold answers, or completions sampled once from a checkpoint with the run's sampler")
-    ap.add_argument("--probe-from", type=int, default=None, help="checkpoint step the rollout probe is sampled from (default: the last)")
+    ap.add_argument(
+        "--probe",
+        choices=["reference", "rollouts"],
+        default=d.probe,
+        help="gold answers, or completions sampled once from a checkpoint with the run's sampler",
+    )
+    ap.add_argument(
+        "--probe-from", type=int, default=None, help="checkpoint step the rollout probe is sampled from (default: the last)"
+    )
     ap.add_argument("--num-probes", type=int, default=d.num_probes, help="held-out problems in the probe set")
     ap.add_argument("--lr", type=float, default=d.lr, help="SGLD step size")
     ap.add_argument("--n-beta", type=float, default=None, help="SGLD inverse temperature (default: batch_size / ln(batch_size))")
@@ -572,49 +664,59 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burn-in", type=int, default=d.burn_in)
     ap.add_argument("--batch-size", type=int, default=d.batch_size)
     ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--max-drift", type=float, default=d.max_drift, help="trace drift (last vs second quarter) tolerated, as a fraction of the loss rise")
-    ap.add_argument("--restrict", choices=["layers", "attn-mlp"], default=None, help="refined LLCs per parameter group, one column each")
+    ap.add_argument(
+        "--max-drift",
+        type=float,
+        default=d.max_drift,
+        help="trace drift (last vs second quarter) tolerated, as a fraction of the loss rise",
+    )
+    ap.add_argument(
+        "--restrict", choices=["layers", "attn-mlp"], default=None, help="refined LLCs per parameter group, one column each"
+    )
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     ap.add_argument("--force", action="store_true", help="recompute steps already in llc.csv")
     ap.add_argument("--calibrate", action="store_true", help="grid of --lr-grid x --n-beta-grid on the first and last checkpoint")
     ap.add_argument("--lr-grid", type=_floats, default=[1e-5, 1e-4, 1e-3], help="comma-separated lrs for --calibrate")
     ap.add_argument("--n-beta-grid", type=_floats, default=[3.0, 10.0], help="comma-separated n_beta values for --calibrate")
     ap.add_argument("--no-figure", action="store_true", help="skip the combined figure at the end")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from training_with_unsloth.cli import run_main
+
+    return run_main(lambda: _run(args), interrupted=INTERRUPTED)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """LLCs (or the --calibrate grid) for the run the arguments name, then the combined figure."""
     from training_with_unsloth.errors import UserError
 
-    try:
-        run, cfg = load_run(args.run)
-        import torch
+    run, cfg = load_run(args.run)
+    import torch
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        settings = Settings(
-            lr=args.lr, n_beta=args.n_beta, localization=args.localization, chains=args.chains, draws=args.draws,
-            burn_in=args.burn_in, batch_size=args.batch_size, seed=args.seed, probe=args.probe,
-            probe_from=args.probe_from, num_probes=args.num_probes, restrict=args.restrict, max_drift=args.max_drift,
-        )  # fmt: skip
-        if args.calibrate:
-            calibrate(run, cfg, settings, args.lr_grid, args.n_beta_grid, device=device)
-            return 0
-        available = run.adapter_steps()
-        steps = args.checkpoints or available
-        missing = [s for s in steps if s not in available]
-        if missing:
-            raise UserError(f"--checkpoints {missing}: no such adapter checkpoints; the run has {available}")
-        run_llc(run, cfg, settings, steps, device=device, force=args.force)
-        print(f"wrote {run.analysis / 'llc.csv'} and {run.analysis / 'llc_traces.png'}")
-        if not args.no_figure:
-            from analysis.plot_run import plot_run
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = Settings(
+        lr=args.lr, n_beta=args.n_beta, localization=args.localization, chains=args.chains, draws=args.draws,
+        burn_in=args.burn_in, batch_size=args.batch_size, seed=args.seed, probe=args.probe,
+        probe_from=args.probe_from, num_probes=args.num_probes, restrict=args.restrict, max_drift=args.max_drift,
+    )  # fmt: skip
+    if args.calibrate:
+        calibrate(run, cfg, settings, args.lr_grid, args.n_beta_grid, device=device)
+        return 0
+    available = run.adapter_steps()
+    steps = args.checkpoints or available
+    missing = [s for s in steps if s not in available]
+    if missing:
+        raise UserError(f"--checkpoints {missing}: no such adapter checkpoints; the run has {available}")
+    run_llc(run, cfg, settings, steps, device=device, force=args.force)
+    print(f"wrote {run.analysis / 'llc.csv'} and {run.analysis / 'llc_traces.png'}")
+    if not args.no_figure:
+        from analysis.plot_run import plot_run
 
-            for path in plot_run(run.path):
-                print(f"wrote {path}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: llc.csv holds every checkpoint finished so far; rerun to continue", file=sys.stderr)
-        return 130
+        for path in plot_run(run.path):
+            print(f"wrote {path}")
     return 0
 
 

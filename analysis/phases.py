@@ -45,6 +45,7 @@ CLI::
 
     uv run analysis/phases.py --run runs/<name> [--column NAME ...] [--smooth N] [--threshold T] [--json]
     uv run analysis/phases.py --csv export.csv --column "run-a - train/reward" [--step-column Step]
+    uv run grpo-phases --run runs/<name>                # the same command, as a console script
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from training_with_unsloth.cli import command_name, run_main  # noqa: E402
+from training_with_unsloth.errors import UserError  # noqa: E402
 from training_with_unsloth.rundir import RunDir, atomic_write_text  # noqa: E402
 
 STEP_COLUMNS = ("step", "Step", "_step", "global_step", "train/global_step")
 DEFAULT_RUN_COLUMNS = ("llc_mean", "reward", "eval/pass@1", "eval/greedy_pass@1")
 LOCATION_DROP = 4.0  # D within this of the best break: the location interval
 SHARPNESS = 2.0  # a break must fit its segment better than a parabola by this many sigma^2
-NOISE_DOF = 0.45  # the trimmed chord-residual sigma of n points is worth a variance with 0.45 (n - 2) dof  # D within this of the best break: the location interval
+NOISE_DOF = 0.45  # the trimmed chord-residual sigma of n points is worth a variance with 0.45 (n - 2) dof
 
 
 @dataclass(frozen=True)
@@ -464,7 +467,7 @@ def read_phases_json(run: RunDir | str | Path) -> list[Window] | None:
 # ---------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="analysis/phases.py",
+        prog=command_name("analysis/phases.py"),
         description="Find transition windows (changes in level or slope, well above noise) in step-indexed series.",
         epilog="Method: robust noise sigma (trimmed neighbour residuals), piecewise-linear binary segmentation; "
         "a break is kept when its look-elsewhere-corrected significance and its size in sigmas both reach "
@@ -488,34 +491,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Find the windows the arguments ask for and print them (a table, or JSON with --json)."""
     try:
-        if args.smooth is not None and args.smooth < 2:
-            raise SeriesError("--smooth must be at least 2")
-        if args.run:
-            run = RunDir(args.run)
-            if not run.path.is_dir():
-                raise SeriesError(f"no such run directory: {run.path}")
-            if not args.column and not default_run_columns(run):
-                raise SeriesError(f"{run.path} has none of the default columns ({', '.join(DEFAULT_RUN_COLUMNS)})")
-            windows = analyse_run(run, args.column, smooth=args.smooth, threshold=args.threshold, min_points=args.min_points)
-        else:
-            if not args.column:
-                raise SeriesError("--csv needs at least one --column")
-            windows = []
-            for col in args.column:
-                steps, values = load_csv_series(args.csv, col, step_column=args.step_column)
-                windows += detect_windows(steps, values, column=col, smooth=args.smooth,
-                                          threshold=args.threshold, min_points=args.min_points)
+        windows = _windows(args)
     except (SeriesError, OSError, ValueError) as e:
-        print(f"phases.py: error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from None
     if args.json:
         print(json.dumps(windows_to_json(windows)))
     else:
         print(format_table(windows))
     return 0
+
+
+def _windows(args: argparse.Namespace) -> list[Window]:
+    """The windows of `--run` (writing its analysis/phases.json) or of each `--csv` column."""
+    if args.smooth is not None and args.smooth < 2:
+        raise SeriesError("--smooth must be at least 2")
+    if args.run:
+        run = RunDir(args.run)
+        if not run.path.is_dir():
+            raise SeriesError(f"no such run directory: {run.path}")
+        if not args.column and not default_run_columns(run):
+            raise SeriesError(f"{run.path} has none of the default columns ({', '.join(DEFAULT_RUN_COLUMNS)})")
+        return analyse_run(run, args.column, smooth=args.smooth, threshold=args.threshold, min_points=args.min_points)
+    if not args.column:
+        raise SeriesError("--csv needs at least one --column")
+    windows = []
+    for col in args.column:
+        steps, values = load_csv_series(args.csv, col, step_column=args.step_column)
+        windows += detect_windows(steps, values, column=col, smooth=args.smooth,
+                                  threshold=args.threshold, min_points=args.min_points)
+    return windows
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Library: `plot_run(run_dir) -> list[Path]`; the figure builders (`build_combined
 matplotlib Figures so their panels can be inspected (`panel_titles`). CLI:
 
     uv run analysis/plot_run.py --run runs/<name>
+    uv run grpo-plot --run runs/<name>                  # the same command, as a console script
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from analysis.phases import (  # noqa: E402
     smooth_series,
     to_number,
 )
+from training_with_unsloth.cli import command_name, run_main  # noqa: E402
+from training_with_unsloth.errors import UserError  # noqa: E402
 from training_with_unsloth.plots import save_figure  # noqa: E402
 from training_with_unsloth.rundir import RunDir, read_jsonl  # noqa: E402
 
@@ -376,17 +379,21 @@ def plot_run(run_dir: str | Path | RunDir) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="analysis/plot_run.py",
+        prog=command_name("analysis/plot_run.py"),
         description="Draw a run's figures (combined LLC/reward/pass@k, rewards, per-condition accuracy) "
         "into <run>/analysis/ at 200 dpi.",
     )
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (metrics.jsonl, eval/, analysis/llc.csv)")
     args = p.parse_args(argv)
+    return run_main(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Draw the figures and print each path written."""
     try:
         written = plot_run(args.run)
     except (OSError, SeriesError, ValueError) as e:
-        print(f"plot_run.py: error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from None
     for path in written:
         print(path)
     return 0

@@ -52,7 +52,8 @@ class RunSampling:
         budget = value["max_completion_length"]
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             raise UserError(
-                f"trainer.max_completion_length is {budget!r}: the LLC probe needs a positive token budget; set it in the run's config"
+                f"trainer.max_completion_length is {budget!r}: the LLC probe needs a positive token budget; "
+                "set it in the run's config"
             )
         for key in ("generation_kwargs", "chat_template_kwargs"):
             value[key] = _mapping(key, value[key])

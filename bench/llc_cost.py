@@ -46,7 +46,8 @@ def main() -> int:
     times: dict[str, list[float]] = {k: [] for k in variants}
     values: dict[str, list[float]] = {k: [] for k in variants}
     print(f"{run.path.name} step {step}: {settings.chains} chains x ({settings.burn_in} burn-in + {settings.draws} draws), "
-          f"batch {settings.batch_size}, probe {tuple(probe.input_ids.shape)}; LoRA {n_lora:,} of {n_all:,} parameters", flush=True)  # fmt: skip
+          f"batch {settings.batch_size}, probe {tuple(probe.input_ids.shape)}; "
+          f"LoRA {n_lora:,} of {n_all:,} parameters", flush=True)  # fmt: skip
     for r in range(args.repeats):
         for name in variants if r % 2 == 0 else list(variants)[::-1]:
             t0 = time.perf_counter()

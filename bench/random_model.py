@@ -17,9 +17,15 @@ from pathlib import Path
 
 # Qwen2.5 instruct shapes (config.json of each hub release).
 SHAPES: dict[str, dict[str, int | bool]] = {
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2),
-    "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
+    ),
+    "qwen2.5-3b": dict(
+        hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2
+    ),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
 
@@ -37,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     source = args.tokenizer
     if source is None:
-        from training_with_unsloth.embedded import embedded_model_dir
+        from training_with_unsloth.models.embedded import embedded_model_dir
 
         source = embedded_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -31,9 +31,10 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
 
-    from training_with_unsloth import backends
+    from training_with_unsloth.assembly import build_grpo_config, build_trainer, research_callbacks
     from training_with_unsloth.config import load_config
-    from training_with_unsloth.experiment import build_grpo_config, prepare, research_callbacks
+    from training_with_unsloth.models import backends
+    from training_with_unsloth.plan import prepare
     from training_with_unsloth.rundir import RunDir
 
     overrides = [f"trainer.max_steps={args.steps}", "logging.wandb=disabled", "trainer.save_strategy=no", *args.overrides]
@@ -43,12 +44,10 @@ def main() -> int:
     prep = prepare(cfg, cuda=cuda)
     backends.prepare(prep.backend)
 
-    import rewards
-    from transformers import set_seed
-    from transformers import ProgressCallback
+    from transformers import ProgressCallback, set_seed
     from trl import GRPOTrainer
 
-    from training_with_unsloth.research_trainer import ResearchGRPOTrainer
+    import rewards
 
     funcs, weights = rewards.build(prep.reward_specs)
     train_ds, eval_ds = prep.task.build(cfg.seed)
@@ -60,14 +59,14 @@ def main() -> int:
             targs = build_grpo_config(cfg, run, weights, cuda=cuda)
             set_seed(cfg.seed)
             loaded = backends.load(cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=targs.gradient_checkpointing)
-            common = dict(model=loaded.model, reward_funcs=funcs, args=targs, train_dataset=train_ds,
-                          processing_class=loaded.tokenizer, peft_config=loaded.peft_config)  # fmt: skip
-            if variant == "plain":
-                trainer = GRPOTrainer(**common)
-            else:
-                extras = research_callbacks(prep, run, eval_ds, funcs, weights, targs.max_completion_length)
-                extras = [cb for cb in extras if not isinstance(cb, ProgressCallback)]
-                trainer = ResearchGRPOTrainer(**common, research_callbacks=extras if variant == "ours-on" else ())
+            extras = research_callbacks(prep, run, eval_ds, funcs, weights, targs.max_completion_length)
+            extras = [cb for cb in extras if not isinstance(cb, ProgressCallback)]
+            trainer = build_trainer(
+                prep, run, args=targs, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
+                train_ds=train_ds, eval_ds=eval_ds, reward_funcs=funcs, reward_weights=weights,
+                callbacks=extras if variant == "ours-on" else [],
+                trainer_cls=GRPOTrainer if variant == "plain" else None,
+            )  # fmt: skip
             trainer.remove_callback(ProgressCallback)  # quiet: the figures below are what this prints
             t0 = time.perf_counter()
             trainer.train()

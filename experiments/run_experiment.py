@@ -1,9 +1,11 @@
-"""Train one GRPO experiment from a YAML file.
+"""Train one GRPO experiment from a YAML file, given by path or by the name of a shipped config.
 
-    uv run experiments/run_experiment.py experiment_configs/quickstart.yaml
-    uv run experiments/run_experiment.py experiment_configs/countdown.yaml --dry-run
-    uv run experiments/run_experiment.py experiment_configs/quickstart.yaml --set trainer.learning_rate=1e-4
-    uv run experiments/run_experiment.py experiment_configs/quickstart.yaml --resume
+    uv run experiments/run_experiment.py quickstart                      # experiment_configs/quickstart.yaml
+    uv run experiments/run_experiment.py countdown --dry-run
+    uv run experiments/run_experiment.py configs/countdown.yaml --dry-run  # configs/ means experiment_configs/
+    uv run experiments/run_experiment.py path/to/my.yaml --set trainer.learning_rate=1e-4
+    uv run experiments/run_experiment.py quickstart --resume
+    uv run grpo-train quickstart --dry-run                               # the same command, as a console script
 """
 
 from __future__ import annotations
@@ -11,15 +13,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training_with_unsloth.cli import command_name, run_main
 
-def main(argv: list[str] | None = None) -> int:
+INTERRUPTED = "interrupted: checkpoints and metrics written so far are intact; continue with --resume"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="run_experiment.py",
+        prog=command_name("run_experiment.py"),
         description="Train a GRPO experiment described by a YAML file into <output_dir>/<name>/.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="The README lists every config key with its default.",
+        epilog="CONFIG is a YAML path or the name of a shipped config: quickstart, countdown.yaml and\n"
+        "configs/countdown.yaml mean experiment_configs/<name>.yaml; an existing path wins. The file\n"
+        "used is printed first ('# config: <path>'). docs/configuration.md lists every config key with its default.\n\n"
+        "examples:\n"
+        "  run_experiment.py quickstart\n"
+        "  run_experiment.py countdown --dry-run\n"
+        "  run_experiment.py path/to/my.yaml --set trainer.max_steps=20\n"
+        "  grpo-train quickstart --resume          (the console script, after `uv sync`)",
     )
-    parser.add_argument("config", help="experiment YAML, e.g. experiment_configs/quickstart.yaml")
+    parser.add_argument(
+        "config", metavar="CONFIG",
+        help="experiment YAML path, or a shipped config name (quickstart, countdown, ...) from experiment_configs/",
+    )  # fmt: skip
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any key, value parsed as YAML (repeatable): --set trainer.max_steps=20 --set model.lora.r=8",
@@ -27,24 +43,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and the plan; load no model")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last trainer/checkpoint-<step>")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other")
+    return run_main(lambda: _train(args), interrupted=INTERRUPTED)
 
+
+def _train(args: argparse.Namespace) -> int:
+    """Resolve the config, validate it, then train (or print the plan with --dry-run)."""
     from training_with_unsloth.config import load_config
-    from training_with_unsloth.errors import UserError
+    from training_with_unsloth.config_files import resolve_config
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        from training_with_unsloth.experiment import run_experiment
+    path = resolve_config(args.config)
+    # A YAML comment, so the resolved config --dry-run prints after it stays one YAML document.
+    print(f"# config: {path}", flush=True)
+    cfg = load_config(path, args.overrides)
+    from training_with_unsloth.experiment import run_experiment
 
-        run = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: checkpoints and metrics written so far are intact; continue with --resume", file=sys.stderr)
-        return 130
+    run = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
     if run is not None:
         print(f"done: {run.path}")
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
+from rewards.errors import ConfigError
 from rewards.parsing import completion_text, extract_answer, parse_number
 from rewards.registry import register
-from training_with_unsloth.errors import ConfigError
 
 ANSWER_MODES = ("strict", "lenient")
 

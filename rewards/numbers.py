@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rewards.errors import ConfigError
 from rewards.parsing import completion_text, extract_answer, is_digits, last_number, parse_number
 from rewards.registry import register
-from training_with_unsloth.errors import ConfigError
 
 LENGTH_UNITS = ("char", "token")
 

@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
-from training_with_unsloth.errors import ConfigError, UserError, unknown
+from rewards.errors import ConfigError, UserError, unknown
 
 RewardFn = Callable[..., list[float | None]]
 OnError = Literal["raise", "zero", "skip"]

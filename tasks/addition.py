@@ -32,10 +32,30 @@ class AdditionParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    digits: list[int] = Field(default_factory=lambda: [5, 6, 7, 8], min_length=1)
-    terms: list[int] = Field(default_factory=lambda: [2, 3, 4], min_length=1)
-    per_condition: int = Field(40, ge=2, le=100_000)
-    eval_fraction: float = Field(0.05, gt=0.0, lt=1.0)
+    digits: list[int] = Field(
+        default_factory=lambda: [5, 6, 7, 8],
+        min_length=1,
+        description="distinct maximum digit counts d (each 1..30), one condition per term count: every term is "
+        "drawn uniformly from 1..10^d - 1",
+    )
+    terms: list[int] = Field(
+        default_factory=lambda: [2, 3, 4],
+        min_length=1,
+        description="distinct term counts (each 2..10), one condition per digit count",
+    )
+    per_condition: int = Field(
+        40,
+        ge=2,
+        le=100_000,
+        description="distinct problems per condition, eval and train together; the train set is this fixed list",
+    )
+    eval_fraction: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="share of each condition held out for eval: round(per_condition x eval_fraction) problems, "
+        "at least 1 and leaving at least 1 for training",
+    )
 
     @field_validator("digits")
     @classmethod

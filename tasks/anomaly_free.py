@@ -33,11 +33,21 @@ class AnomalyFreeParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_fermions: list[int] = Field(default_factory=lambda: [5], description="one count, or a list to mix")
-    max_charge: int = Field(10, ge=1, le=30)
-    num_given: int = Field(2, ge=0, le=6)
-    train_size: int = Field(2000, ge=1)
-    eval_size: int = Field(40, ge=1)
+    num_fermions: list[int] = Field(
+        default_factory=lambda: [5],
+        description="fermion count N (3..12): one count, or a list to mix (each problem draws N uniformly from it; "
+        "eval accuracy is reported per condition N=<n>)",
+    )
+    max_charge: int = Field(10, ge=1, le=30, description="charge bound: every charge is an integer in -max_charge..max_charge")
+    num_given: int = Field(
+        2,
+        ge=0,
+        le=6,
+        description="leading charges the prompt fixes, each drawn from the nonzero charges within the bound; at most "
+        "half the fewest fermions",
+    )
+    train_size: int = Field(2000, ge=1, description="training problems (they may repeat, but are never eval problems)")
+    eval_size: int = Field(40, ge=1, description="distinct held-out eval problems (fermion count and given charges), drawn first")
 
     @field_validator("num_fermions", mode="before")
     @classmethod

@@ -25,11 +25,15 @@ class ArithmeticParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_operand: int = Field(0, ge=0)
-    max_operand: int = Field(10, le=10**4)
-    operators: str = _OPERATORS
-    train_size: int = Field(2000, ge=1)
-    eval_size: int = Field(200, ge=1)
+    min_operand: int = Field(
+        0, ge=0, description="smallest value of a, b and c, each drawn uniformly from min_operand..max_operand"
+    )
+    max_operand: int = Field(10, le=10**4, description="largest value of a, b and c")
+    operators: str = Field(
+        _OPERATORS, description="the operators op1 and op2 are drawn from uniformly: a non-empty subset of `+-*`"
+    )
+    train_size: int = Field(2000, ge=1, description="training problems (they may repeat, but are never eval problems)")
+    eval_size: int = Field(200, ge=1, description="distinct held-out eval problems, drawn first")
 
     @field_validator("operators")
     @classmethod

@@ -41,7 +41,7 @@ class Task(ABC):
         """Whether training prompts depend on ``set_progress`` (then data loading must stay in-process)."""
         return False
 
-    def set_progress(self, fraction: float) -> None:
+    def set_progress(self, fraction: float) -> None:  # noqa: B027  (an optional hook: the default ignores progress)
         """Training progress in [0, 1], set before every optimizer step (and on resume).
 
         Tasks whose training prompts follow a schedule (Countdown's ``mix_oneshot``) override this

@@ -18,11 +18,11 @@ import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.countdown import NATURAL, is_countdown_solution
+from rewards.errors import ConfigError
 from tasks.base import Task
 from tasks.data import load_table
 from tasks.registry import register
 from tasks.sampling import Problem, draw_split, normalise_operators
-from training_with_unsloth.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +59,54 @@ class CountdownParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_count: int = Field(3, ge=2, le=10)
-    min_number: int = Field(1, ge=1)
-    max_number: int = Field(10, le=MAX_DATA_NUMBER)
-    operators: str = _DEFAULT_OPERATORS
-    min_target: int = Field(1, ge=-MAX_DATA_NUMBER)
-    max_target: int = Field(100, le=MAX_DATA_NUMBER)
-    prompt_format: PromptFormat = "zero_shot"
-    mix_oneshot: bool = False
-    eval_formats: list[PromptFormat] | None = None
-    data: str | None = None
-    data_split: str = "train"
-    download: bool = False
-    train_size: int = Field(2000, ge=1)
-    eval_size: int = Field(200, ge=1)
+    num_count: int = Field(3, ge=2, le=10, description="numbers given per problem, each to be used exactly once (generator only)")
+    min_number: int = Field(1, ge=1, description="smallest given number (generator only)")
+    max_number: int = Field(10, le=MAX_DATA_NUMBER, description="largest given number (generator only)")
+    operators: str = Field(
+        _DEFAULT_OPERATORS,
+        description="allowed operations, a non-empty subset of `+-*/`: listed in the prompt and used to generate "
+        "problems (or, with data, to keep only solvable rows); answers may divide only when `/` is listed, with exact "
+        "rational arithmetic (targets stay integers)",
+    )
+    min_target: int = Field(
+        1,
+        ge=-MAX_DATA_NUMBER,
+        description="smallest target (generator only): a drawn problem whose target is outside min_target..max_target "
+        "or is one of its numbers is redrawn",
+    )
+    max_target: int = Field(100, le=MAX_DATA_NUMBER, description="largest target (generator only)")
+    prompt_format: PromptFormat = Field(
+        "zero_shot",
+        description="`zero_shot`: the question with the `<think>`/`<answer>` tag instruction; `one_shot`: after a "
+        "worked example turn; `natural`: no tags, the last expression in the reply is the answer",
+    )
+    mix_oneshot: bool = Field(
+        False,
+        description="training prompts start one-shot and turn zero-shot: the one-shot share decays linearly from "
+        "100% to 0% over training (needs prompt_format zero_shot; eval prompts are not mixed)",
+    )
+    eval_formats: list[PromptFormat] | None = Field(
+        None,
+        description="distinct prompt formats to evaluate each eval problem in, once per format, reported per "
+        "format as conditions; unset: prompt_format only",
+    )
+    data: str | None = Field(
+        None,
+        description="a local file, dataset directory or hub id with TinyZero-style `nums`/`target` rows, replacing "
+        "the generator (malformed, duplicate and unsolvable rows are skipped); unset: generated problems",
+    )
+    data_split: str = Field(
+        "train",
+        description="split of data to read (a hub id or dataset directory; a single file is read whole); only with data",
+    )
+    download: bool = Field(
+        False,
+        description="allow downloading a hub data id; otherwise only the local cache is read; only with data",
+    )
+    train_size: int = Field(2000, ge=1, description="training problems (generated ones may repeat), never eval problems")
+    eval_size: int = Field(
+        200, ge=1, description="distinct held-out eval problems, taken first (with eval_formats, each appears once per format)"
+    )
 
     @field_validator("operators")
     @classmethod

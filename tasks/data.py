@@ -14,7 +14,7 @@ from datasets.exceptions import DatasetGenerationError, DatasetsError
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from training_with_unsloth.errors import ConfigError
+from rewards.errors import ConfigError
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 # Suffixes that mark a path as a local file (so a missing one is not looked up on the hub).

@@ -10,13 +10,13 @@ from typing import Any, Literal
 import datasets
 from pydantic import BaseModel, ConfigDict, Field
 
+from rewards.errors import ConfigError
 from rewards.gsm8k import is_gsm8k_correct
 from rewards.parsing import format_number, parse_number
 from tasks.base import Task
 from tasks.data import BUILDERS, load_table
 from tasks.registry import register
 from tasks.sampling import Problem
-from training_with_unsloth.errors import ConfigError
 
 SYSTEM = (
     "Solve the math word problem. Reason step by step inside <think> and </think>, then give only the "
@@ -39,16 +39,39 @@ class GSM8KParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: str = "openai/gsm8k"
-    subset: str | None = "main"
-    train_split: str = "train"
-    eval_split: str = "test"
-    eval_data: str | None = None
-    train_samples: int | None = Field(None, ge=1)
-    eval_samples: int = Field(200, ge=1)
-    download: bool = False
-    answer_mode: Literal["strict", "lenient"] = "strict"
-    system_prompt: str = SYSTEM
+    data: str = Field(
+        "openai/gsm8k",
+        description="the problems: a hub dataset id, a local dataset directory or one local "
+        "`.jsonl`/`.json`/`.parquet`/`.csv` file with `question`/`answer` columns (a file is split into eval and "
+        "train by the task)",
+    )
+    subset: str | None = Field("main", description="subset (configuration) of a hub dataset id; null for none")
+    train_split: str = Field("train", description="split of data the training problems come from (a hub id or dataset directory)")
+    eval_split: str = Field(
+        "test",
+        description="split the eval problems come from: of eval_data, or of data when eval_data is unset (a hub id "
+        "or dataset directory)",
+    )
+    eval_data: str | None = Field(
+        None,
+        description="another source of eval problems, in any form data takes; unset: eval problems come from data "
+        "(its eval_split, or the rows of a single file drawn before the training ones)",
+    )
+    train_samples: int | None = Field(
+        None, ge=1, description="training problems used at most (distinct, none an eval problem); null: all"
+    )
+    eval_samples: int = Field(200, ge=1, description="eval problems used at most (distinct, drawn first)")
+    download: bool = Field(False, description="allow downloading hub datasets; otherwise only the local cache is read")
+    answer_mode: Literal["strict", "lenient"] = Field(
+        "strict",
+        description="how Pass@K checks an answer: `strict` reads only the last `<answer>` block, `lenient` also the "
+        "last number of a reply without one (the gsm8k_correct reward has its own mode)",
+    )
+    system_prompt: str = Field(
+        SYSTEM,
+        description="the system message of every prompt (default: reason in `<think>` tags, then only the final "
+        "number in `<answer>` tags)",
+    )
 
 
 def problem_id(question: str) -> str:

@@ -1,13 +1,15 @@
-"""Task registry: a name and a params dict (from YAML) to a validated Task."""
+"""Task registry: a name (or a ``package.module:Class`` path) and a params dict (from YAML) to a validated Task."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 import pydantic
 
+from rewards.errors import ConfigError, unknown
 from tasks.base import Task
-from training_with_unsloth.errors import ConfigError, unknown
 
 _REGISTRY: dict[str, type[Task]] = {}
 
@@ -26,15 +28,60 @@ def names() -> list[str]:
 
 
 def get(name: str, **params: Any) -> Task:
-    """The task ``name`` with ``params`` validated by its Params model; errors are one-line ConfigErrors."""
-    if name not in _REGISTRY:
+    """The task ``name`` (registered, or ``package.module:Class``) with ``params`` validated by its Params model.
+
+    Errors are one-line ConfigErrors.
+    """
+    if ":" in name:
+        cls = _import(name)
+    elif name in _REGISTRY:
+        cls = _REGISTRY[name]
+    elif "." in name:
+        raise ConfigError(f"unknown task '{name}': a task outside the registry is named 'package.module:Class'")
+    else:
         raise unknown("task", name, names())
-    cls = _REGISTRY[name]
     try:
         validated = cls.Params.model_validate(params)
     except pydantic.ValidationError as exc:
         raise _config_error(cls, exc) from exc
     return cls(validated)
+
+
+def _import(path: str) -> type[Task]:
+    """The Task subclass at ``package.module:Class``; a one-line ConfigError naming what is wrong otherwise."""
+    module_name, _, attr = path.rpartition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"task '{path}' must look like 'package.module:Class'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name + ".").startswith(exc.name + "."):  # the module (or its package) is missing
+            raise ConfigError(
+                f"cannot import task '{path}': no module named '{exc.name}'; "
+                "put it on the Python path (e.g. PYTHONPATH)"
+            ) from exc
+        raise ConfigError(f"cannot import task '{path}': {_one_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001  (any failure of user code is reported in one line)
+        raise ConfigError(f"cannot import task '{path}': {_one_line(exc)}") from exc
+    if not hasattr(module, attr):
+        raise ConfigError(f"cannot import task '{path}': module '{module_name}' has no attribute '{attr}'")
+    cls = getattr(module, attr)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task '{path}' is not a Task: make '{attr}' a subclass of tasks.base.Task")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise ConfigError(f"task '{path}' is abstract: implement {missing}")
+    params_model = getattr(cls, "Params", None)
+    if not (isinstance(params_model, type) and issubclass(params_model, pydantic.BaseModel)):
+        raise ConfigError(f"task '{path}' needs a Params class (a pydantic BaseModel) declaring its parameters")
+    if not isinstance(getattr(cls, "default_rewards", None), list):
+        raise ConfigError(f"task '{path}' needs default_rewards: a list of reward specs used when the YAML gives none")
+    return cls
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _config_error(cls: type[Task], exc: pydantic.ValidationError) -> ConfigError:

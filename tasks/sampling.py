@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from training_with_unsloth.errors import ConfigError
+from rewards.errors import ConfigError
 
 Problem = dict[str, Any]
 Draw = Callable[[random.Random], Problem | None]

@@ -21,11 +21,11 @@ class SmallSumsParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_operand: int = Field(1, ge=0)
-    max_operand: int = Field(9, le=10**6)
-    num_terms: int = Field(2, ge=2, le=10)
-    train_size: int = Field(2000, ge=1)
-    eval_size: int = Field(24, ge=1)
+    min_operand: int = Field(1, ge=0, description="smallest operand: each term is drawn uniformly from min_operand..max_operand")
+    max_operand: int = Field(9, le=10**6, description="largest operand")
+    num_terms: int = Field(2, ge=2, le=10, description="terms summed in each problem")
+    train_size: int = Field(2000, ge=1, description="training problems (they may repeat, but are never eval problems)")
+    eval_size: int = Field(24, ge=1, description="distinct held-out eval problems, drawn first")
 
     @model_validator(mode="after")
     def _space(self) -> SmallSumsParams:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random-weight Llama with the embedded tokenizer, and run helpers."""
+"""Shared fixtures: a tiny random-weight Llama with the embedded tokenizer, and runs of it (helpers: helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import tiny_config, write_untrained_run
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The dequantized embedded model (created once per machine, ~25 s the first time)."""
-    from training_with_unsloth.embedded import embedded_model_dir
+    from training_with_unsloth.models.embedded import embedded_model_dir
 
     return embedded_model_dir()
 
@@ -50,38 +50,6 @@ def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     return out
 
 
-def tiny_config(tmp_path: Path, model_dir: Path, **overrides) -> dict:
-    """A raw experiment mapping that trains the tiny model for a few CPU steps."""
-    raw = {
-        "name": "tiny",
-        "seed": 7,
-        "output_dir": str(tmp_path / "runs"),
-        "model": {"name": str(model_dir), "lora": {"r": 4, "alpha": 8}},
-        "task": {"name": "small_sums", "eval_size": 8},
-        "trainer": {
-            "max_steps": 4,
-            "learning_rate": 1e-3,
-            "per_device_train_batch_size": 4,
-            "num_generations": 2,
-            "max_completion_length": 6,
-            "save_steps": 2,
-            "save_total_limit": 3,
-            "logging_steps": 1,
-            "dataloader_num_workers": 0,
-        },
-        "eval": {"every": 2, "num_problems": 3, "num_samples": 2, "k": [1, 2], "batch_size": 16},
-        "checkpoints": {"every": 2},
-        "logging": {"wandb": "disabled", "plots": True},
-    }
-    for key, value in overrides.items():
-        node = raw
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return raw
-
-
 @pytest.fixture(scope="session")
 def tiny_run_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A finished 4-step run of the tiny model (adapters at steps 2 and 4). Treat as read-only."""
@@ -89,3 +57,12 @@ def tiny_run_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from training_with_unsloth.experiment import run_experiment
 
     return run_experiment(validate(tiny_config(tmp_path_factory.mktemp("e2e"), tiny_model_dir))).path
+
+
+@pytest.fixture(scope="session")
+def untrained_run_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A run directory of the tiny model without training: config.yaml and random LoRA adapters at steps 2 and 4.
+
+    For tests of what reads a run (analysis, probes) that do not need trained weights. Treat as read-only.
+    """
+    return write_untrained_run(tmp_path_factory.mktemp("untrained") / "tiny", tiny_model_dir)

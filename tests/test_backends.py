@@ -1,11 +1,17 @@
-"""Backend choice, model resolution, and the CPU fallback for TRL's Triton-only log-prob kernel."""
+"""training_with_unsloth/models/backends.py: backend choice, model resolution, and loading exactly the model named."""
+
+import ast
+import importlib.util
+import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
 
-from training_with_unsloth import backends
+from training_with_unsloth.config import validate
 from training_with_unsloth.errors import ConfigError, UserError
-from training_with_unsloth.logprob_fallback import ChunkedLogProbDispatch, _torch_chunked_logprob
+from training_with_unsloth.models import backends
 
 
 def test_auto_picks_unsloth_only_with_cuda(monkeypatch):
@@ -57,55 +63,15 @@ def test_transformers_backend_loads_lora_config(tiny_model_dir):
     assert next(loaded.model.parameters()).dtype == torch.float32
 
 
-def _reference(hidden, weight, targets, temperature, softcap=None, scale=1.0):
-    z = (hidden @ weight.T).float() * scale
-    if softcap:
-        z = softcap * torch.tanh(z / softcap)
-    logp = torch.log_softmax(z / temperature, -1)
-    return logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
-
-
-@pytest.mark.parametrize("softcap, scale, temperature", [(None, 1.0, 1.0), (30.0, 0.5, 0.7)])
-def test_cpu_logprob_fallback_matches_direct_computation(softcap, scale, temperature):
-    torch.manual_seed(0)
-    hidden = torch.randn(37, 16, requires_grad=True)
-    weight = torch.randn(50, 16, requires_grad=True)
-    targets = torch.randint(0, 50, (37,))
-    outs = ("log_probs", "entropy", "is_top1")
-    logp, ent, lssp, mean, top1 = ChunkedLogProbDispatch.apply(hidden, weight, None, targets, temperature, 4096, softcap, scale, outs)
-    ref_logp, ref_ent = _reference(hidden, weight, targets, temperature, softcap, scale)
-    torch.testing.assert_close(logp, ref_logp)
-    torch.testing.assert_close(ent, ref_ent)
-    assert lssp is None and mean is None and top1.dtype == torch.bool
-    (g_h, g_w) = torch.autograd.grad(logp.sum() + 0.1 * ent.sum(), (hidden, weight))
-    (r_h, r_w) = torch.autograd.grad(ref_logp.sum() + 0.1 * ref_ent.sum(), (hidden, weight))
-    torch.testing.assert_close(g_h, r_h)
-    torch.testing.assert_close(g_w, r_w)
-
-
-def test_cpu_logprob_fallback_empty_input_stays_differentiable():
-    weight = torch.randn(10, 4, requires_grad=True)
-    logp, *_ = _torch_chunked_logprob(torch.zeros(0, 4), weight, None, torch.zeros(0, dtype=torch.long), 1.0, 0)
-    assert logp.shape == (0,) and logp.requires_grad
-
-
-def test_install_rebinds_trl_and_is_idempotent():
-    import trl.trainer.utils as trl_utils
-
-    from training_with_unsloth import logprob_fallback
-
-    logprob_fallback.install()
-    logprob_fallback.install()
-    assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbDispatch
-    assert ChunkedLogProbDispatch.kernel is not ChunkedLogProbDispatch
-
-
 def test_nothing_imports_trl_transformers_or_peft_before_the_backend_is_chosen():
-    """Unsloth must be imported before these (STACK.md); config, tasks, rewards and the runner must not pull them in."""
+    """Unsloth must be imported before these (docs/architecture.md).
+
+    Config, tasks, rewards and the runner must not pull them in.
+    """
     import subprocess
     import sys
 
-    from .conftest import REPO
+    from .helpers import REPO
 
     code = (
         "import sys, training_with_unsloth.experiment, training_with_unsloth.config, tasks, rewards; "
@@ -117,3 +83,100 @@ def test_nothing_imports_trl_transformers_or_peft_before_the_backend_is_chosen()
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- Unsloth loads exactly the model named
+
+
+def _loader_signature() -> set[str]:
+    """Parameters of the installed FastLanguageModel.from_pretrained, read from source (importing unsloth patches trl)."""
+    spec = importlib.util.find_spec("unsloth")
+    source = Path(next(iter(spec.submodule_search_locations))) / "models" / "loader.py"
+    tree = ast.parse(source.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FastLanguageModel")
+    fn = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "from_pretrained")
+    return {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth is installed on Linux x86-64 only")
+def test_unsloths_loader_takes_the_arguments_we_pass_and_would_remap_otherwise():
+    from training_with_unsloth.models.prequantized import _mapper
+
+    assert {"use_exact_model_name", "on_model_resolved", "dtype", "max_seq_length", "load_in_4bit"} <= _loader_signature()
+    remapped = [k for k, bases in _mapper().items() if "Qwen/Qwen2.5-1.5B-Instruct" in bases]
+    # loaded without use_exact_model_name
+    assert "unsloth/qwen2.5-1.5b-instruct-unsloth-bnb-4bit" in [k.lower() for k in remapped]
+
+
+@pytest.fixture
+def fake_unsloth(monkeypatch):
+    """An `unsloth` module whose FastLanguageModel records its arguments (its real loader needs a GPU)."""
+    calls: dict[str, dict] = {}
+
+    class FastLanguageModel:
+        resolve_to: str | None = None
+
+        @staticmethod
+        def from_pretrained(**kwargs):
+            calls["from_pretrained"] = kwargs
+            kwargs["on_model_resolved"](FastLanguageModel.resolve_to or kwargs["model_name"])
+            tokenizer = types.SimpleNamespace(pad_token="<pad>", eos_token="<eos>")
+            return object(), tokenizer
+
+        @staticmethod
+        def get_peft_model(model, **kwargs):
+            calls["get_peft_model"] = kwargs
+            return model
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    return calls, FastLanguageModel
+
+
+@pytest.fixture
+def fake_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    revision = "a" * 40
+    repo = tmp_path / "hub" / "models--Qwen--Qwen2.5-1.5B-Instruct"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return revision
+
+
+def test_unsloth_loads_the_named_repo_and_env_records_its_revision(fake_unsloth, fake_hub_cache, monkeypatch):
+    import torch
+
+    calls, _ = fake_unsloth
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    cfg = validate({"name": "x", "model": {"name": "Qwen/Qwen2.5-1.5B-Instruct", "load_in_4bit": True}})
+    loaded = backends.load(cfg.model, "unsloth", seed=1)
+    asked = calls["from_pretrained"]
+    assert asked["model_name"] == "Qwen/Qwen2.5-1.5B-Instruct" and asked["use_exact_model_name"] is True
+    assert asked["dtype"] == torch.float16  # the dtype bf16/fp16 were derived from, not Unsloth's own choice
+    assert loaded.record == {
+        "name": "Qwen/Qwen2.5-1.5B-Instruct",
+        "loaded": "Qwen/Qwen2.5-1.5B-Instruct",
+        "path": str(Path(huggingface_hub_cache_dir(fake_hub_cache))),
+        "revision": fake_hub_cache,
+        "dtype": "float16",
+    }
+
+
+def huggingface_hub_cache_dir(revision: str) -> str:
+    import huggingface_hub.constants
+
+    return f"{huggingface_hub.constants.HF_HUB_CACHE}/models--Qwen--Qwen2.5-1.5B-Instruct/snapshots/{revision}"
+
+
+def test_a_model_other_than_the_one_named_is_refused(fake_unsloth, fake_hub_cache, monkeypatch):
+    import torch
+
+    _, fast = fake_unsloth
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    fast.resolve_to = "unsloth/Qwen2.5-1.5B-Instruct-unsloth-bnb-4bit"
+    cfg = validate({"name": "x", "model": {"name": "Qwen/Qwen2.5-1.5B-Instruct", "load_in_4bit": True}})
+    with pytest.raises(UserError, match=r"Unsloth loaded 'unsloth/Qwen2.5-1.5B-Instruct-unsloth-bnb-4bit' instead"):
+        backends.load(cfg.model, "unsloth", seed=1)

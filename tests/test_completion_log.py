@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from training_with_unsloth.completion_log import CompletionLog, prompt_text
+from training_with_unsloth.controls.completion_log import CompletionLog, prompt_text
+from training_with_unsloth.controls.scored_batch import ScoredBatch
 from training_with_unsloth.rundir import RunDir
-from training_with_unsloth.scored_batch import ScoredBatch
 
 NAN = math.nan
 

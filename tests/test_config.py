@@ -10,7 +10,7 @@ from training_with_unsloth.config import ExperimentConfig, load_config, validate
 from training_with_unsloth.errors import ConfigError
 from training_with_unsloth.grpo_fields import GRPO_CONFIG_FIELDS, installed_fields
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 def err(raw: dict) -> str:
@@ -45,7 +45,9 @@ def test_inconsistent_batch_settings():
     msg = err({"name": "x", "trainer": {"per_device_train_batch_size": 6, "num_generations": 4}})
     assert "per_device_train_batch_size 6" in msg and "num_generations 4" in msg
     assert "num_generations is 1" in err({"name": "x", "trainer": {"per_device_train_batch_size": 4, "num_generations": 1}})
-    cfg = validate({"name": "x", "trainer": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "num_generations": 8}})
+    cfg = validate(
+        {"name": "x", "trainer": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "num_generations": 8}}
+    )
     assert cfg.trainer["num_generations"] == 8
 
 
@@ -95,7 +97,7 @@ def test_grpo_field_snapshot_matches_installed_trl():
 
 
 def test_all_sections_documented_defaults_are_valid():
-    # Every default must itself validate (the README reference is generated from these).
+    # Every default must itself validate (docs/configuration.md is generated from these).
     cfg = ExperimentConfig(name="x")
     assert validate(cfg.model_dump(mode="json")) == validate({"name": "x"})
 
@@ -123,29 +125,43 @@ def test_yaml_12_booleans():
 
 
 def _keys(model, prefix=""):
+    """Every key of the schema, dotted; `a[].b` for key b of each entry of the list a."""
+    from typing import get_args
+
     from pydantic import BaseModel
 
+    def models(ann, in_list=False):
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield ann, in_list
+        for arg in get_args(ann):
+            yield from models(arg, in_list or getattr(ann, "__origin__", None) is list)
+
     for name, field in model.model_fields.items():
-        ann = field.annotation
-        sub = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if sub is not None and name not in ("task", "rewards"):
-            yield from _keys(sub, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}"
+        yield f"{prefix}{name}"
+        for sub, in_list in models(field.annotation):
+            yield from _keys(sub, f"{prefix}{name}{'[]' if in_list else ''}.")
 
 
-def test_readme_documents_every_config_key():
-    readme = (REPO / "README.md").read_text()
-    missing = [k for k in _keys(ExperimentConfig) if f"`{k}" not in readme]
-    assert not missing, f"README's configuration reference lacks {missing}"
+def test_configuration_docs_are_current_and_document_every_config_key():
+    from training_with_unsloth.config_docs import render
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    assert text == render(), "docs/configuration.md is stale: run `uv run python -m training_with_unsloth.config_docs`"
+    keys = list(_keys(ExperimentConfig))
+    assert {"checkpoints.log_spaced", "rewards[].weight", "curriculum.phases[].advance.window", "callbacks[].name"} <= set(keys)
+    missing = [k for k in keys if f"| `{k}` |" not in text]
+    assert not missing, f"docs/configuration.md lacks {missing}"
 
 
 def test_trainer_values_checked_up_front():
-    assert err({"name": "x", "trainer": {"loss_type": "dr-grpo"}}) == "trainer.loss_type: unknown value 'dr-grpo': did you mean 'dr_grpo'?"
+    assert (
+        err({"name": "x", "trainer": {"loss_type": "dr-grpo"}})
+        == "trainer.loss_type: unknown value 'dr-grpo': did you mean 'dr_grpo'?"
+    )
 
 
 def test_trainer_value_types_checked_against_grpo_config(tmp_path):
-    from training_with_unsloth.experiment import build_grpo_config
+    from training_with_unsloth.assembly import build_grpo_config
     from training_with_unsloth.rundir import RunDir
 
     cfg = validate({"name": "x", "trainer": {"learning_rate": "fast"}})
@@ -153,3 +169,10 @@ def test_trainer_value_types_checked_against_grpo_config(tmp_path):
         build_grpo_config(cfg, RunDir(tmp_path), [1.0], cuda=False)
     args = build_grpo_config(validate({"name": "x", "trainer": {"learning_rate": 3e-4}}), RunDir(tmp_path), [1.0], cuda=False)
     assert args.learning_rate == 3e-4 and args.use_cpu and args.seed == 42 and args.output_dir == str(tmp_path / "trainer")
+
+
+def test_use_vllm_is_refused_at_config_time():
+    with pytest.raises(ConfigError, match=r"trainer.use_vllm: not supported yet") as info:
+        validate({"name": "x", "trainer": {"use_vllm": True}})
+    assert "\n" not in str(info.value)
+    assert validate({"name": "x", "trainer": {"use_vllm": False}}).trainer["use_vllm"] is False

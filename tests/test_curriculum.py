@@ -1,4 +1,4 @@
-"""training_with_unsloth/curriculum.py: phases, linear schedules, fetch-time rows and their state."""
+"""training_with_unsloth/controls/curriculum.py and train_source.py: phases, linear schedules, fetch-time rows, state."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 
 import tasks
 from training_with_unsloth.config import CurriculumConfig, ReplayConfig
-from training_with_unsloth.curriculum import PHASE, REPLAYED, build_train_source
+from training_with_unsloth.controls.scored_batch import ScoredBatch
+from training_with_unsloth.controls.train_source import PHASE, REPLAYED, build_train_source
 from training_with_unsloth.errors import ConfigError
-from training_with_unsloth.scored_batch import ScoredBatch
 
 NG = 4  # num_generations in these tests
 SMALL = {"train_size": 200, "eval_size": 10}
@@ -112,7 +112,9 @@ def test_late_batches_of_an_earlier_phase_do_not_count(countdown_source):
 
 
 def test_rows_come_from_the_current_phase():
-    ds, source = build_train_source("countdown", SMALL, countdown_curriculum(window=1, threshold=0.5), ReplayConfig(), seed=3, max_steps=10)
+    ds, source = build_train_source(
+        "countdown", SMALL, countdown_curriculum(window=1, threshold=0.5), ReplayConfig(), seed=3, max_steps=10
+    )
     for phase in range(4):
         assert source.phase == phase
         rows = ds[list(range(50))]
@@ -179,7 +181,9 @@ def test_linear_schedule_rebuilds_and_rounds_ints():
 
 
 def test_progress_reaches_the_phase_task():
-    cur = CurriculumConfig.model_validate({"phases": [{"params": {"num_count": 3}, "advance": {"window": 1, "threshold": 0.5}}, {"params": {"num_count": 4}}]})
+    cur = CurriculumConfig.model_validate(
+        {"phases": [{"params": {"num_count": 3}, "advance": {"window": 1, "threshold": 0.5}}, {"params": {"num_count": 4}}]}
+    )
     ds, source = build_train_source("countdown", {**SMALL, "mix_oneshot": True}, cur, ReplayConfig(), seed=0, max_steps=10)
     source.on_train_begin(None, state(0, 10), None)
     assert set(ds[list(range(50))]["prompt_format"]) == {"one_shot"}
@@ -268,21 +272,29 @@ def test_dataloader_with_repeat_sampler(countdown_source):
     assert source.phase == 3  # advanced every 3 batches of full success
 
 
-def test_worker_processes_are_refused(countdown_source):
-    _, source = countdown_source
+def test_worker_processes_are_refused(tmp_path):
+    from training_with_unsloth.config import validate
+    from training_with_unsloth.plan import prepare
+
+    from .helpers import tiny_config
+
+    raw = tiny_config(tmp_path, tmp_path, **{"trainer.dataloader_num_workers": 2})
+    raw["task"] = {"name": "arithmetic"}
+    raw["curriculum"] = {"phases": [{"params": {"max_operand": 9}}]}
     with pytest.raises(ConfigError, match="dataloader_num_workers"):
-        source.bind(SimpleNamespace(_metrics={}, args=SimpleNamespace(dataloader_num_workers=2)))
+        prepare(validate(raw), cuda=False)
 
 
 @pytest.mark.slow
 def test_trains_and_resumes_with_the_real_trainer(tmp_path, tiny_model_dir):
     """A few CPU steps of ResearchGRPOTrainer on the fetch-time dataset, a checkpoint, and a resume."""
-    from training_with_unsloth import backends
+    from training_with_unsloth.assembly import build_grpo_config, build_trainer
     from training_with_unsloth.config import validate
-    from training_with_unsloth.experiment import build_grpo_config, prepare
+    from training_with_unsloth.models import backends
+    from training_with_unsloth.plan import prepare
     from training_with_unsloth.rundir import RunDir
 
-    from .conftest import tiny_config
+    from .helpers import tiny_config
 
     phases = [
         {"params": {"max_operand": 9}, "advance": {"window": 1, "threshold": 0.0, "success": "reward", "min_reward": -99}},
@@ -295,10 +307,8 @@ def test_trains_and_resumes_with_the_real_trainer(tmp_path, tiny_model_dir):
     prep = prepare(cfg, cuda=False)
     backends.prepare("transformers")
     import rewards
-    from training_with_unsloth.research_trainer import (
-        RESEARCH_STATE_FILE,
-        ResearchGRPOTrainer,
-    )
+    from training_with_unsloth.controls import ResearchCallback
+    from training_with_unsloth.resume import RESEARCH_STATE_FILE
 
     funcs, weights = rewards.build(prep.reward_specs)
     run = RunDir(tmp_path / "run")
@@ -313,22 +323,19 @@ def test_trains_and_resumes_with_the_real_trainer(tmp_path, tiny_model_dir):
 
     def trainer_for(source, recorder):
         loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
-        from transformers import TrainerCallback
 
-        class Hook(TrainerCallback):
-            on_scored_batch = recorder.on_scored_batch
+        class Hook(ResearchCallback):
+            def on_scored_batch(self, batch):
+                recorder.on_scored_batch(batch)
 
-        return ResearchGRPOTrainer(
-            model=loaded.model,
-            reward_funcs=funcs,
-            args=args,
-            train_dataset=ds,
-            processing_class=loaded.tokenizer,
-            peft_config=loaded.peft_config,
-            research_callbacks=[source, Hook()],
+        return build_trainer(
+            prep, run, args=args, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
+            train_ds=ds, reward_funcs=funcs, reward_weights=weights, callbacks=[source, Hook()],
         )
 
-    ds, source = build_train_source(cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay, seed=cfg.seed, max_steps=cfg.max_steps)
+    ds, source = build_train_source(
+        cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay, seed=cfg.seed, max_steps=cfg.max_steps
+    )
     recorder = Recorder()
     trainer = trainer_for(source, recorder)
     trainer.train()
@@ -343,7 +350,9 @@ def test_trains_and_resumes_with_the_real_trainer(tmp_path, tiny_model_dir):
     assert [h["curriculum/phase"] for h in logged][-1] == 2.0 and "replay/buffer_size" in logged[-1]
 
     saved = json.loads((run.trainer / "checkpoint-2" / RESEARCH_STATE_FILE).read_text())["train_source"]
-    ds, resumed = build_train_source(cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay, seed=cfg.seed, max_steps=cfg.max_steps)
+    ds, resumed = build_train_source(
+        cfg.task.name, cfg.task.params, cfg.curriculum, cfg.replay, seed=cfg.seed, max_steps=cfg.max_steps
+    )
     recorder2 = Recorder()
     trainer2 = trainer_for(resumed, recorder2)
     trainer2.train(resume_from_checkpoint=str(run.trainer / "checkpoint-2"))

@@ -7,12 +7,12 @@ import json
 import pytest
 import yaml
 
-from training_with_unsloth import callbacks
 from training_with_unsloth.config import validate
+from training_with_unsloth.controls import callbacks
 from training_with_unsloth.experiment import run_experiment
 from training_with_unsloth.rundir import RunDir
 
-from .conftest import REPO, tiny_config
+from .helpers import REPO, tiny_config
 
 TRAIN_KEYS = ("reward", "loss", "rewards/last_number_correct/mean", "rewards/brevity/mean", "completions/mean_length")
 
@@ -26,6 +26,7 @@ def tiny_run(tiny_run_dir) -> RunDir:
     return RunDir(tiny_run_dir)
 
 
+@pytest.mark.slow
 def test_run_directory_is_complete(tiny_run: RunDir):
     run = tiny_run
     saved = yaml.safe_load(run.config.read_text())
@@ -70,6 +71,7 @@ def test_run_directory_is_complete(tiny_run: RunDir):
     assert best["metric"] == "eval/greedy_pass@1" and best["step"] in (0, 2, 4)
 
 
+@pytest.mark.slow
 def test_adapter_snapshot_loads_on_the_base_model(tiny_run: RunDir, tiny_model_dir):
     import torch
     from peft import PeftModel
@@ -87,6 +89,7 @@ def test_adapter_snapshot_loads_on_the_base_model(tiny_run: RunDir, tiny_model_d
     torch.testing.assert_close(live, lora_b[name])
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(tiny_run: RunDir, tiny_model_dir):
     from training_with_unsloth.errors import UserError
 
@@ -97,6 +100,7 @@ def test_existing_run_is_not_overwritten(tiny_run: RunDir, tiny_model_dir):
         run_experiment(validate({**raw, "seed": 8}), resume=True)
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run(tiny_run: RunDir, tiny_model_dir, tmp_path, monkeypatch):
     raw = tiny_config(tmp_path, tiny_model_dir)  # same settings as tiny_run, another directory
     original_on_log = callbacks.MetricsLogger.on_log

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from training_with_unsloth import backends
+from training_with_unsloth.assembly import build_grpo_config, build_trainer, kl_settings
 from training_with_unsloth.config import validate
+from training_with_unsloth.controls.kl import AdaptiveKL, KLSettings, per_token, token_mean_estimates
 from training_with_unsloth.errors import ConfigError
-from training_with_unsloth.experiment import build_grpo_config, kl_settings, prepare
-from training_with_unsloth.kl import AdaptiveKL, KLSettings, per_token, token_mean_estimates
+from training_with_unsloth.models import backends
+from training_with_unsloth.plan import prepare
 from training_with_unsloth.rundir import RunDir
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 def test_estimators_match_their_formulas():
@@ -55,21 +55,15 @@ def trainer_and_batch(tmp_path_factory, tiny_model_dir):
     prep = prepare(cfg, cuda=False)
     backends.prepare("transformers")
     import rewards
-    from training_with_unsloth.research_trainer import ResearchGRPOTrainer
 
     funcs, weights = rewards.build(prep.reward_specs)
     run = RunDir(tmp / "run")
     args = build_grpo_config(cfg, run, weights, cuda=False)
     loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
     train_ds, _ = prep.task.build(cfg.seed)
-    trainer = ResearchGRPOTrainer(
-        model=loaded.model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=train_ds,
-        processing_class=loaded.tokenizer,
-        peft_config=loaded.peft_config,
-        kl=KLSettings(diagnostics=True),
+    trainer = build_trainer(
+        prep, run, args=args, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
+        train_ds=train_ds, callbacks=[], kl=KLSettings(diagnostics=True),
     )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
@@ -92,6 +86,7 @@ def _loss_and_grads(trainer, batch):
     return loss.detach(), grads
 
 
+@pytest.mark.slow
 def test_reference_logps_are_trls_at_the_sampling_temperature(trainer_and_batch):
     trainer, batch = trainer_and_batch
     assert trainer.temperature == 1.2
@@ -101,6 +96,7 @@ def test_reference_logps_are_trls_at_the_sampling_temperature(trainer_and_batch)
     assert not torch.allclose(trainer._policy_logps(batch)[mask], ours[mask], atol=1e-3), "the adapter must matter here"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "bnpo"])
 def test_k3_loss_term_equals_trl_beta_path(trainer_and_batch, loss_type):
     """At temperature 1.2, with the reference log-probs the toolkit computes itself (as it does when beta is 0)."""
@@ -121,6 +117,7 @@ def test_k3_loss_term_equals_trl_beta_path(trainer_and_batch, loss_type):
         assert torch.allclose(grad, ours_grads[name], rtol=1e-4, atol=1e-7), name
 
 
+@pytest.mark.slow
 def test_k1_and_k2_terms_differ_from_k3(trainer_and_batch):
     trainer, batch = trainer_and_batch
     trainer.loss_type, trainer.beta = "grpo", 0.0
@@ -131,6 +128,7 @@ def test_k1_and_k2_terms_differ_from_k3(trainer_and_batch):
     assert len({round(v, 7) for v in losses.values()}) == 3
 
 
+@pytest.mark.slow
 def test_diagnostics_are_logged_also_with_beta_zero(trainer_and_batch, monkeypatch):
     """Measured in TRL's loss forward (no extra policy pass), or at generation as under Unsloth: the same numbers."""
     trainer, _ = trainer_and_batch
@@ -153,6 +151,7 @@ def test_diagnostics_are_logged_also_with_beta_zero(trainer_and_batch, monkeypat
         assert logged["loss"][key][0] == pytest.approx(logged["generation"][key][0], rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.slow
 def test_loss_term_is_logged_as_coefficient_times_token_mean_kl(trainer_and_batch):
     """`kl/loss_term` is coef x the step's token-mean KL, whatever gradient accumulation divides the loss by."""
     trainer, batch = trainer_and_batch

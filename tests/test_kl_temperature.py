@@ -18,7 +18,7 @@ import pytest
 from training_with_unsloth.config import validate
 from training_with_unsloth.experiment import run_experiment
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 TEMPERATURES = (0.7, 1.0, 1.2)
 
@@ -60,10 +60,10 @@ _patch_trl_rl_trainers("grpo_trainer")
 import torch
 import rewards
 from peft import get_peft_model
-from training_with_unsloth import backends, logprob_fallback
+from training_with_unsloth.models import backends, logprob_fallback
 from training_with_unsloth.config import validate
-from training_with_unsloth.experiment import build_grpo_config, kl_settings, prepare, research_callbacks
-from training_with_unsloth.research_trainer import ResearchGRPOTrainer
+from training_with_unsloth.assembly import build_grpo_config, build_trainer, kl_settings
+from training_with_unsloth.plan import prepare
 from training_with_unsloth.rundir import RunDir
 
 logprob_fallback.install()
@@ -80,10 +80,9 @@ for raw, check in json.loads(sys.argv[1]):
         setattr(type(loaded.model), name, lambda self, *a, **k: self)
     model = get_peft_model(loaded.model, loaded.peft_config)
     train_ds, eval_ds = prep.task.build(cfg.seed)
-    trainer = ResearchGRPOTrainer(
-        model=model, reward_funcs=funcs, args=args, train_dataset=train_ds, processing_class=loaded.tokenizer,
-        research_callbacks=research_callbacks(prep, run, eval_ds, funcs, weights, args.max_completion_length),
-        kl=kl_settings(cfg, "unsloth"),
+    trainer = build_trainer(
+        prep, run, args=args, model=model, tokenizer=loaded.tokenizer, train_ds=train_ds, eval_ds=eval_ds,
+        reward_funcs=funcs, reward_weights=weights, kl=kl_settings(cfg, "unsloth"),
     )
     checks = []
     aligned_by = trainer._per_completion_token

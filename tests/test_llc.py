@@ -15,9 +15,12 @@ import yaml
 from analysis import llc
 from analysis.probe import build_probe
 
-from .conftest import REPO
+from .helpers import REPO
 
-FAST = ["--chains", "2", "--draws", "4", "--burn-in", "1", "--batch-size", "2", "--num-probes", "4", "--lr", "1e-4", "--no-figure"]
+FAST = [
+    "--chains", "2", "--draws", "4", "--burn-in", "1", "--batch-size", "2",
+    "--num-probes", "4", "--lr", "1e-4", "--no-figure",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -32,6 +35,7 @@ def rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_csv_has_a_row_per_checkpoint_and_reruns_skip(run_copy, capsys):
     assert llc.main(["--run", str(run_copy), *FAST]) == 0
     out = run_copy / "analysis" / "llc.csv"
@@ -56,6 +60,7 @@ def test_csv_has_a_row_per_checkpoint_and_reruns_skip(run_copy, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_restrict_attn_mlp_adds_group_columns(run_copy):
     assert llc.main(["--run", str(run_copy), *FAST, "--restrict", "attn-mlp", "--checkpoints", "4"]) == 0
     (row,) = rows(run_copy / "analysis" / "llc.csv")
@@ -63,6 +68,7 @@ def test_restrict_attn_mlp_adds_group_columns(run_copy):
     assert row["llc_mean"] == row["llc_mean[attn]"]
 
 
+@pytest.mark.slow
 def test_sampling_touches_only_lora_weights(run_copy, monkeypatch):
     import devinterp.slt.llc as devinterp_llc
 
@@ -93,6 +99,7 @@ def test_sampling_touches_only_lora_weights(run_copy, monkeypatch):
     assert len(est["trace"]) == 1 and len(est["trace"][0]) == settings.burn_in + settings.draws
 
 
+@pytest.mark.slow
 def test_adapter_swap_loads_each_checkpoint(run_copy):
     from safetensors.torch import load_file
 
@@ -129,7 +136,14 @@ def test_probe_loss_scores_completion_tokens_only(tiny_model_dir):
 
 
 def _est(per_chain, traces, init=1.0):
-    return {"llc_mean": sum(per_chain) / len(per_chain), "llc_std": 0.0, "per_chain": per_chain, "trace": traces, "init_loss": init, "failures": []}
+    return {
+        "llc_mean": sum(per_chain) / len(per_chain),
+        "llc_std": 0.0,
+        "per_chain": per_chain,
+        "trace": traces,
+        "init_loss": init,
+        "failures": [],
+    }
 
 
 def test_health_checks():
@@ -145,6 +159,7 @@ def test_health_checks():
     assert not ok and "NaN" in why
 
 
+@pytest.mark.slow
 def test_calibrate_prints_table_and_recommendation(run_copy, capsys):
     args = ["--run", str(run_copy), "--calibrate", "--chains", "1", "--draws", "4", "--burn-in", "1", "--batch-size", "2",
             "--num-probes", "4", "--lr-grid", "1e-5,1e-4", "--n-beta-grid", "2,10"]  # fmt: skip
@@ -157,11 +172,14 @@ def test_calibrate_prints_table_and_recommendation(run_copy, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "analysis/llc.py", "--run", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "analysis/llc.py", "--run", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "not a run directory" in proc.stderr and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_force_recomputes_only_the_requested_steps(run_copy):
     assert llc.main(["--run", str(run_copy), *FAST]) == 0
     first = {r["step"]: r for r in rows(run_copy / "analysis" / "llc.csv")}
@@ -170,6 +188,7 @@ def test_force_recomputes_only_the_requested_steps(run_copy):
     assert sorted(again) == ["2", "4"] and again["2"] == first["2"]
 
 
+@pytest.mark.slow
 def test_all_weights_mode_samples_the_base_too(run_copy):
     run, cfg = llc.load_run(run_copy)
     model, tokenizer = llc.load_model(cfg, "cpu")
@@ -181,6 +200,7 @@ def test_all_weights_mode_samples_the_base_too(run_copy):
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)  # frozen again
 
 
+@pytest.mark.slow
 def test_cpu_loads_a_prequantized_runs_adapters_onto_its_16bit_base(run_copy, tiny_model_dir, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 

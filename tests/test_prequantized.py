@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from training_with_unsloth import prequantized
 from training_with_unsloth.errors import UserError
+from training_with_unsloth.models import prequantized
 
-from .conftest import REPO
+from .helpers import REPO
 
 NAME = "unsloth/Qwen2.5-1.5B-Instruct-unsloth-bnb-4bit"
 HAS_UNSLOTH = importlib.util.find_spec("unsloth") is not None
@@ -111,7 +111,7 @@ def test_cpu_base_names_the_repo_to_fetch_when_none_is_cached(hub_cache):
 def test_using_it_imports_no_ml_library(tmp_path):
     code = f"""
 import sys
-from training_with_unsloth import prequantized as q
+from training_with_unsloth.models import prequantized as q
 from training_with_unsloth.errors import UserError
 assert q.is_prequantized({NAME!r}) and not q.is_prequantized("someone/plain")
 assert q.sixteen_bit_candidates({NAME!r})

@@ -29,15 +29,15 @@ def tok(tiny_model_dir):
 
 
 @pytest.fixture
-def make_run(tiny_run_dir, tmp_path):
-    """A copy of the tiny run with `trainer:` keys changed (None removes a key); returns (run, cfg)."""
+def make_run(untrained_run_dir, tmp_path):
+    """A copy of the (untrained) tiny run with `trainer:` keys changed (None removes a key); returns (run, cfg)."""
     from training_with_unsloth.config import yaml_load
 
     count = iter(range(100))
 
     def make(**trainer: Any):
         dst = tmp_path / f"run{next(count)}"
-        shutil.copytree(tiny_run_dir, dst)
+        shutil.copytree(untrained_run_dir, dst)
         raw = yaml_load((dst / "config.yaml").read_text())
         for key, value in trainer.items():
             if value is None:
@@ -131,6 +131,7 @@ def processors(monkeypatch):
     return seen
 
 
+@pytest.mark.slow
 def test_rollouts_sample_with_the_runs_sampler_not_the_models_defaults(make_run, processors):
     from transformers.generation import logits_process as lp
 
@@ -147,7 +148,9 @@ def test_rollouts_sample_with_the_runs_sampler_not_the_models_defaults(make_run,
     assert temp.temperature == pytest.approx(0.7)
 
     processors.clear()
-    run, cfg = make_run(max_completion_length=4, top_k=5, top_p=0.9, repetition_penalty=1.3, generation_kwargs={"no_repeat_ngram_size": 2})
+    run, cfg = make_run(
+        max_completion_length=4, top_k=5, top_p=0.9, repetition_penalty=1.3, generation_kwargs={"no_repeat_ngram_size": 2}
+    )
     llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
     (used,) = processors
     by_kind = {type(p): p for p in used}

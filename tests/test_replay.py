@@ -1,4 +1,4 @@
-"""Prompt replay in training_with_unsloth/curriculum.py: buffer, mix, drop_solved, metrics and state."""
+"""training_with_unsloth/controls/replay.py through the TrainSource: buffer, mix, drop_solved, metrics and state."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 from training_with_unsloth.config import CurriculumConfig, ReplayConfig
-from training_with_unsloth.curriculum import PHASE, REPLAYED, build_train_source
-from training_with_unsloth.scored_batch import ScoredBatch
+from training_with_unsloth.controls.scored_batch import ScoredBatch
+from training_with_unsloth.controls.train_source import PHASE, REPLAYED, build_train_source
 
 NG = 4
 PARAMS = {"max_operand": 99, "train_size": 300, "eval_size": 10}

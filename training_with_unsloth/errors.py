@@ -1,29 +1,11 @@
-"""User-facing errors: one line that names the problem and the fix, never a traceback."""
+"""User-facing errors: one line that names the problem and the fix, never a traceback.
+
+The types live in `rewards.errors` (the lowest leaf, so `tasks/` and `rewards/` never import the
+trainer); this module re-exports the same objects, so `isinstance` checks agree everywhere.
+"""
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
+from rewards.errors import ConfigError, UserError, closest, unknown
 
-
-class UserError(Exception):
-    """A mistake in the user's input (config, command line, missing model); printed as one line."""
-
-
-class ConfigError(UserError):
-    """An invalid experiment configuration."""
-
-
-def closest(name: str, choices: Iterable[str]) -> str | None:
-    """The valid name closest to ``name``, or None when nothing is close."""
-    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return matches[0] if matches else None
-
-
-def unknown(kind: str, name: str, choices: Iterable[str], where: str = "") -> ConfigError:
-    """A ConfigError for an unknown key/name, suggesting the closest valid one."""
-    choices = sorted(set(choices))
-    best = closest(name, choices)
-    loc = f"{where}." if where else ""
-    hint = f"did you mean '{loc}{best}'?" if best else f"valid: {', '.join(choices)}"
-    return ConfigError(f"unknown {kind} '{loc}{name}': {hint}")
+__all__ = ["ConfigError", "UserError", "closest", "unknown"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .config import EvalConfig
-from .passk import mean_pass_at_k
-from .rundir import RunDir, atomic_write_text, to_json
+from training_with_unsloth.config import EvalConfig
+from training_with_unsloth.passk import mean_pass_at_k
+from training_with_unsloth.rundir import RunDir, atomic_write_text, to_json
 
 
 class Generator(Protocol):
@@ -81,6 +82,26 @@ def _per_condition(
     return out
 
 
+@dataclass(frozen=True)
+class EvalCompletions:
+    """One evaluation's completions: `num_samples` texts and token ids per problem, greedy ones (or None)."""
+
+    samples: list[list[str]]
+    sample_ids: list[list[list[int]]]
+    greedy: list[list[str]] | None
+
+
+@dataclass(frozen=True)
+class EvalScores:
+    """Rewards per function over the flattened samples, correctness per sample and greedy completion."""
+
+    rewards: dict[str, list[float | None]]
+    correct: list[list[bool]]
+    greedy_correct: list[bool] | None
+    completions: list[str]  # the samples flattened, problem by problem
+    completion_ids: list[list[int]]  # their token ids, flattened the same way
+
+
 class PassKEvaluator:
     """Samples `num_samples` completions (plus one greedy) per held-out problem and scores them."""
 
@@ -104,31 +125,53 @@ class PassKEvaluator:
         self.run_dir = run
 
     def evaluate(self, generator: Generator, step: int) -> dict[str, float]:
-        """Run one evaluation, write `eval/passk-<step>.jsonl`, return the aggregate metrics."""
-        cfg, rows = self.cfg, self.rows
+        """Run one evaluation, write `eval/passk-<step>.jsonl`, return the aggregate metrics.
+
+        Steps: `generate` (sampled and greedy completions), `score` (rewards and correctness),
+        `write_lines` (the per-problem file), `aggregate` (the `eval/...` metrics).
+        """
         t0 = time.perf_counter()
-        prompts = [r["prompt"] for r in rows]
+        generated = self.generate(generator)
+        scored = self.score(generated, trainer_state=getattr(generator, "state", None))
+        self.write_lines(step, generated, scored)
+        metrics = self.aggregate(scored)
+        metrics["eval/seconds"] = time.perf_counter() - t0
+        return metrics
+
+    def generate(self, generator: Generator) -> EvalCompletions:
+        """`num_samples` sampled completions per problem, plus one greedy when `eval.greedy` is on."""
+        cfg = self.cfg
+        prompts = [r["prompt"] for r in self.rows]
         gen = dict(max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature)
         samples, sample_ids = generator.generate_completions(prompts, num_samples=cfg.num_samples, greedy=False, **gen)
         greedy = generator.generate_completions(prompts, num_samples=1, greedy=True, **gen)[0] if cfg.greedy else None
+        return EvalCompletions(samples, sample_ids, greedy)
 
+    def score(self, generated: EvalCompletions, *, trainer_state: Any = None) -> EvalScores:
+        """Each reward function on every sample (as TRL calls it), and the task's verdict on every completion."""
+        rows, n = self.rows, self.cfg.num_samples
+        samples, greedy = generated.samples, generated.greedy
         flat_texts = [t for group in samples for t in group]
-        flat_rows = [row for row in rows for _ in range(cfg.num_samples)]
+        flat_rows = [row for row in rows for _ in range(n)]
         flat_prompts = [row["prompt"] for row in flat_rows]
-        flat_ids = [ids for group in sample_ids for ids in group]
-        state = getattr(generator, "state", None)
+        flat_ids = [ids for group in generated.sample_ids for ids in group]
         rewards = score_rewards(
-            self.reward_funcs, flat_prompts, flat_texts, flat_rows, completion_ids=flat_ids, trainer_state=state
+            self.reward_funcs, flat_prompts, flat_texts, flat_rows, completion_ids=flat_ids, trainer_state=trainer_state
         )
         correct = [[bool(self.task.is_correct(t, row)) for t in group] for group, row in zip(samples, rows, strict=True)]
         greedy_correct = (
             [bool(self.task.is_correct(g[0], row)) for g, row in zip(greedy, rows, strict=True)] if greedy else None
         )
+        return EvalScores(rewards, correct, greedy_correct, flat_texts, flat_ids)
 
-        n = cfg.num_samples
+    def write_lines(self, step: int, generated: EvalCompletions, scored: EvalScores) -> None:
+        """`eval/passk-<step>.jsonl`: one line per problem with its samples, verdicts and rewards."""
+        n = self.cfg.num_samples
+        samples, greedy = generated.samples, generated.greedy
+        correct, greedy_correct = scored.correct, scored.greedy_correct
         lines = []
-        for i, row in enumerate(rows):
-            per = {name: vals[i * n : (i + 1) * n] for name, vals in rewards.items()}
+        for i, row in enumerate(self.rows):
+            per = {name: vals[i * n : (i + 1) * n] for name, vals in scored.rewards.items()}
             lines.append(
                 {
                     "step": step,
@@ -145,18 +188,21 @@ class PassKEvaluator:
             )
         atomic_write_text(self.run_dir.passk_file(step), "".join(to_json(line) + "\n" for line in lines))
 
+    def aggregate(self, scored: EvalScores) -> dict[str, float]:
+        """The `eval/...` metrics: pass@k, greedy pass@1, accuracies (also per condition), rewards, length."""
+        cfg, n = self.cfg, self.cfg.num_samples
+        correct, greedy_correct, rewards = scored.correct, scored.greedy_correct, scored.rewards
         metrics: dict[str, float] = {
             f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, sorted(set(cfg.k))).items()
         }
         if greedy_correct is not None:
             metrics["eval/greedy_pass@1"] = sum(greedy_correct) / len(greedy_correct)
         metrics["eval/sample_accuracy"] = sum(map(sum, correct)) / (len(correct) * n)
-        metrics.update(_per_condition(rows, correct, greedy_correct, n))
-        total = [0.0] * len(flat_texts)
+        metrics.update(_per_condition(self.rows, correct, greedy_correct, n))
+        total = [0.0] * len(scored.completions)
         for (name, vals), w in zip(rewards.items(), self.weights, strict=True):
             metrics[f"eval/rewards/{name}"] = _mean(vals)
             total = [t + w * (v if v is not None else 0.0) for t, v in zip(total, vals, strict=True)]
         metrics["eval/reward"] = _mean(total)
-        metrics["eval/completion_length"] = _mean([float(len(ids)) for ids in flat_ids])
-        metrics["eval/seconds"] = time.perf_counter() - t0
+        metrics["eval/completion_length"] = _mean([float(len(ids)) for ids in scored.completion_ids])
         return metrics

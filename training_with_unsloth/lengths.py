@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
+from training_with_unsloth.errors import ConfigError
 
 _BATCH = 256
 
@@ -113,3 +113,40 @@ def measure(
 def completion_budget(max_completion_length: int, eval_max_new_tokens: int | None) -> int:
     """The longest completion the run generates: in training, or in evaluation when that is longer."""
     return max(int(max_completion_length), int(eval_max_new_tokens or 0))
+
+
+def prompt_sets(cfg: Any, train_ds: Any, eval_ds: Any) -> dict[str, list]:
+    """Every prompt the run can serve: the train set (each curriculum phase's, at both ends of its
+    schedules, when prompts come from a curriculum or replay) and the eval set."""
+    import tasks as task_registry
+
+    sets: dict[str, list] = {}
+    if cfg.prompts_change:
+        from training_with_unsloth.curriculum_rules import phase_parameter_sets
+
+        for where, params in phase_parameter_sets(cfg.task.name, cfg.task.params, cfg.curriculum):
+            train, _ = task_registry.get(cfg.task.name, **params).build(cfg.seed)
+            sets[f"train set, {where}" if cfg.curriculum.enabled else "train set"] = stored_prompts(train)
+    else:
+        sets["train set"] = stored_prompts(train_ds)
+    sets["eval set"] = stored_prompts(eval_ds)
+    return sets
+
+
+def check_sequence_lengths(
+    cfg: Any, args: Any, tokenizer: Any, train_ds: Any, eval_ds: Any, *, estimated_with: str | None = None
+) -> LengthReport:
+    """`model.max_seq_length` (of the experiment config `cfg`) against the longest prompt plus the longest
+    completion; a ConfigError when it cannot hold them (from an estimate only when the completions alone do not fit)."""
+    budget = completion_budget(args.max_completion_length, cfg.eval.max_new_tokens if cfg.eval.enabled else None)
+    report = measure(
+        tokenizer,
+        prompt_sets(cfg, train_ds, eval_ds),
+        completion=budget,
+        max_seq_length=cfg.model.max_seq_length,
+        chat_template_kwargs=args.chat_template_kwargs,
+        estimated_with=estimated_with,
+    )
+    if not report.fits and report.certain:
+        raise report.error()
+    return report

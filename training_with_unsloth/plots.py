@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .rundir import RunDir
+from training_with_unsloth.rundir import RunDir
 
 KL_ESTIMATES = ("kl/k1", "kl/k2", "kl/k3")
 
@@ -147,7 +147,8 @@ def _length(plt, name: str, train: list[dict], evals: list[dict]):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if steps:
         ax.plot(steps, mean, color="tab:blue", label="mean length (tokens)")
-        lo, hi = dict(zip(*_series(train, "completions/min_length"), strict=True)), dict(zip(*_series(train, "completions/max_length"), strict=True))
+        lo = dict(zip(*_series(train, "completions/min_length"), strict=True))
+        hi = dict(zip(*_series(train, "completions/max_length"), strict=True))
         band = [s for s in steps if s in lo and s in hi]
         if band:
             ax.fill_between(band, [lo[s] for s in band], [hi[s] for s in band], color="tab:blue", alpha=0.15, label="min to max")

@@ -17,10 +17,11 @@ import torch
 from transformers import GenerationConfig, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer
 
-from . import kl as kl_math
-from .resume import RESEARCH_STATE_FILE  # in each trainer/checkpoint-<step>/, written before TRL's state
-from .rundir import atomic_write_json
-from .scored_batch import ScoredBatch
+from training_with_unsloth.controls import ResearchCallback, check_protocol
+from training_with_unsloth.controls import kl as kl_math
+from training_with_unsloth.controls.scored_batch import ScoredBatch
+from training_with_unsloth.resume import RESEARCH_STATE_FILE  # in each trainer/checkpoint-<step>/, written before TRL's state
+from training_with_unsloth.rundir import atomic_write_json
 
 
 class ResearchGRPOTrainer(GRPOTrainer):
@@ -43,19 +44,23 @@ class ResearchGRPOTrainer(GRPOTrainer):
         if self.kl.in_loss and self.beta != 0.0:
             raise ValueError("the toolkit's KL term and trainer.beta cannot both be on")
         self.batch_hooks: list[Callable[[ScoredBatch], None]] = []
-        self.stateful: dict[str, Any] = {}  # name -> object with state_dict()/load_state_dict(), saved per checkpoint
+        self.stateful: dict[str, ResearchCallback] = {}  # state_key -> control, its state saved per checkpoint
         self._last_rewards: torch.Tensor | None = None
         self._captured_logps: list[torch.Tensor] | None = None
         self._kl_at_loss = False  # this generation batch's KL is measured in TRL's loss forward
         if any(isinstance(cb, ProgressCallback) for cb in research_callbacks):
             self.remove_callback(ProgressCallback)  # replaced by the research one
-        for callback in research_callbacks:
-            if hasattr(callback, "bind"):
+        self.args_rewritten: dict[str, tuple[Any, Any]] = {}  # unset keys the constructor changed (assembly records them)
+        for callback in research_callbacks:  # in the order assembly.research_callbacks declares
+            check_protocol(callback)
+            if isinstance(callback, ResearchCallback):
                 callback.bind(self)
-            if hasattr(callback, "on_scored_batch"):
-                self.batch_hooks.append(callback.on_scored_batch)
-            if hasattr(callback, "state_key"):
-                self.stateful[callback.state_key] = callback
+                if callback.wants_batches:
+                    self.batch_hooks.append(callback.on_scored_batch)
+                if callback.state_key:
+                    if callback.state_key in self.stateful:
+                        raise ValueError(f"two research callbacks keep state under '{callback.state_key}'")
+                    self.stateful[callback.state_key] = callback
             self.add_callback(callback)
 
     # ------------------------------------------------------------------ research state across resumes
@@ -74,15 +79,14 @@ class ResearchGRPOTrainer(GRPOTrainer):
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(folder / RESEARCH_STATE_FILE, {name: obj.state_dict() for name, obj in self.stateful.items()})
             for obj in self.stateful.values():
-                if hasattr(obj, "save_to_checkpoint"):
-                    obj.save_to_checkpoint(folder)
+                obj.save_to_checkpoint(folder)
         super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """TRL's train, with the research state restored first (refused, in one line, where a checkpoint lacks it)."""
         from transformers.trainer_utils import get_last_checkpoint
 
-        from .resume import check_research_state
+        from training_with_unsloth.resume import check_research_state
 
         if resume_from_checkpoint is True:  # as transformers resolves it, so the research state comes from there too
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True
@@ -156,7 +160,9 @@ class ResearchGRPOTrainer(GRPOTrainer):
             raise RuntimeError(f"per-token log-probs of width {logps.size(1)} for completions of {length} tokens")
         left_pad = (output["prompt_ids"] == pad_id).sum(-1)  # Unsloth's calculate_pad_tokens_in_prompt
         if int(left_pad.max()) != extra:
-            raise RuntimeError(f"log-probs {extra} columns wider than the completions, but the prompts' left padding is {int(left_pad.max())}")
+            raise RuntimeError(
+                f"log-probs {extra} columns wider than the completions, but the prompts' left padding is {int(left_pad.max())}"
+            )
         columns = (extra - left_pad)[:, None] + torch.arange(length, device=logps.device)[None, :]
         return logps.gather(1, columns.to(logps.device))
 

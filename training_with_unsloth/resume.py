@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import yaml_load
-from .errors import UserError
-from .rundir import RunDir, atomic_write_json, atomic_write_text, to_json
+from training_with_unsloth.config import yaml_load
+from training_with_unsloth.errors import UserError
+from training_with_unsloth.rundir import RunDir, atomic_write_json, atomic_write_text, to_json
 
 RESEARCH_STATE_FILE = "research_state.json"  # in each trainer/checkpoint-<step>/, written before TRL's state
 # The copy of checkpoints/best/ kept in each trainer checkpoint. Nested one level deeper on purpose: transformers
@@ -310,7 +310,9 @@ def stale_analysis(run: RunDir) -> list[str]:
 
 def _summary(checkpoint: str, aside: SetAside, changes: dict[str, dict[str, Any]]) -> str:
     if aside.kinds:
-        what = ", ".join(f"{n} {kind}{'s' * (n > 1 and not kind.endswith('s'))}" for kind, n in aside.kinds.items() if kind != "config")
+        what = ", ".join(
+            f"{n} {kind}{'s' * (n > 1 and not kind.endswith('s'))}" for kind, n in aside.kinds.items() if kind != "config"
+        )
         text = f"resume from {checkpoint}: set aside {what or 'the old config'} -> {aside.relative}/"
     else:
         text = f"resume from {checkpoint}: nothing was written after it"

@@ -1,4 +1,4 @@
-"""The run directory: the contract between training and analysis (ARCHITECTURE.md).
+"""The run directory: the contract between training and analysis (docs/run-directory.md).
 
 ```
 runs/<name>/

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import CheckpointConfig, EvalConfig
+from training_with_unsloth.config import CheckpointConfig, EvalConfig
 
 
 def log_spaced_steps(count: int, max_steps: int) -> list[int]:

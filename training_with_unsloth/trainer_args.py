@@ -22,7 +22,7 @@ import inspect
 import typing
 from typing import Any
 
-from .errors import ConfigError
+from training_with_unsloth.errors import ConfigError
 
 # Unsloth marks the config classes it generates with this attribute (unsloth/models/rl.py).
 _UNSLOTH_FLAG = "_unsloth_patched_rl_config"
