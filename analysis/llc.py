@@ -261,7 +261,27 @@ def _cached_rollouts(records: list[dict], prompts: list, sampler: dict[str, Any]
 
 
 def estimate(model: Any, probe: Any, masks: dict[str, None] | None, settings: Settings, device: str) -> dict[str, Any]:
-    """One devinterp LLC estimate; returns per-chain LLCs, the loss traces and the init loss."""
+    """One devinterp LLC estimate on the probe set; returns per-chain LLCs, the loss traces and the init loss."""
+    return estimate_llc(
+        model, probe.dataset(), probe.loss_fn(), masks, settings, device,
+        init_loss_batches=max(1, len(probe.texts) // settings.batch_size),  # the whole probe set once
+    )  # fmt: skip
+
+
+def estimate_llc(
+    model: Any, dataset: Any, loss_fn: Any, masks: dict[str, Any] | None, settings: Settings, device: str,
+    *, init_loss_batches: int,
+) -> dict[str, Any]:
+    """One devinterp LLC estimate of any torch model; what `estimate` runs on the probe set.
+
+    `dataset` is a HuggingFace Dataset with an integer `input_ids` column of rows of length >= 2;
+    `loss_fn(model, input_ids)` returns the per-position loss, shape (batch, length - 1), whose mean
+    over a row is that row's negative log-likelihood (devinterp averages over every position).
+    `masks` names the parameters sampled (devinterp `param_masks`; None: every parameter, frozen
+    ones included). SGLD uses `settings.lr`, `n_beta`, `localization`, `chains`, `draws`, `burn_in`,
+    `batch_size` and `seed`; the init loss is the mean over `init_loss_batches` batches.
+    LLC = n_beta * (mean sampled loss - init loss), per chain.
+    """
     import tempfile
     import warnings
 
@@ -276,19 +296,19 @@ def estimate(model: Any, probe: Any, masks: dict[str, None] | None, settings: Se
             warnings.simplefilter("always")
             result = llc(
                 model,
-                probe.dataset(),
+                dataset,
                 {},
                 lr=settings.lr,
                 n_beta=settings.n_beta,
                 param_masks=masks,
-                loss_fn=probe.loss_fn(),
+                loss_fn=loss_fn,
                 num_chains=settings.chains,
                 num_draws=settings.draws,
                 num_burnin_steps=settings.burn_in,
                 batch_size=settings.batch_size,
                 localization=settings.localization,
                 init_seed=settings.seed,
-                num_init_loss_batches=max(1, len(probe.texts) // settings.batch_size),  # the whole probe set once
+                num_init_loss_batches=init_loss_batches,
                 device=device,
                 output_path=Path(tmp) / "samples.zarr",
             )

@@ -3,7 +3,8 @@
 - `combined.png`: one shared step axis, stacked panels: LLC (mean with llc_std error bars from
   `analysis/llc.csv`, unhealthy estimates hollow and marked; the panel is left out without llc.csv),
   reward components (total `reward` and each `rewards/<fn>/mean`, raw thin and smoothed thick), and
-  pass@k with greedy pass@1 from the eval records. Transition windows (from `analysis/phases.json`
+  pass@k with greedy pass@1 from the eval records (their 95% intervals, the `<key>_ci` of each eval
+  record, shaded as bands). Transition windows (from `analysis/phases.json`
   when present, else `detect_windows` on the headline series llc_mean, reward, eval/pass@1 and
   eval/greedy_pass@1, as `phases.py --run` does) are shaded on every panel, one colour per series.
 - `rewards.png`: every reward component and the total on one axis, raw (thin) and smoothed (thick).
@@ -62,6 +63,8 @@ WINDOW_COLORS = ("#f4a261", "#8ecae6", "#b5e48c", "#cdb4db", "#ffd166", "#e5989b
 class Series:
     steps: np.ndarray
     values: np.ndarray
+    low: np.ndarray | None = None  # the 95% interval at each step (NaN where none was logged), if any was
+    high: np.ndarray | None = None
 
     def __bool__(self) -> bool:
         return self.steps.size > 0
@@ -91,6 +94,20 @@ def _series(records: list[dict], key: str) -> Series:
     pts = sorted((float(r["step"]), to_number(r[key])) for r in records if key in r and "step" in r)
     pts = [p for p in pts if math.isfinite(p[1])]
     return Series(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+
+
+def _with_interval(records: list[dict], key: str, s: Series) -> Series:
+    """`s` with the `[low, high]` intervals logged as `<key>_ci` attached (unchanged when none was)."""
+    cis: dict[float, tuple[float, float]] = {}
+    for r in records:
+        ci = r.get(f"{key}_ci")
+        if "step" in r and isinstance(ci, list) and len(ci) == 2:
+            cis[float(r["step"])] = (to_number(ci[0]), to_number(ci[1]))
+    if not cis:
+        return s
+    low = np.array([cis.get(float(t), (math.nan, math.nan))[0] for t in s.steps])
+    high = np.array([cis.get(float(t), (math.nan, math.nan))[1] for t in s.steps])
+    return Series(s.steps, s.values, low, high)
 
 
 def read_llc(run: RunDir) -> LLCTable | None:
@@ -172,9 +189,9 @@ def load_run(run_dir: str | Path | RunDir, *, detect: bool = True) -> RunData:
     keys = sorted({k for r in evals for k in r if re.fullmatch(r"eval/pass@\d+", k)}, key=lambda k: int(k.split("@")[1]))
     for key in keys:
         if (s := _series(evals, key)):
-            passk[key.removeprefix("eval/")] = s
+            passk[key.removeprefix("eval/")] = _with_interval(evals, key, s)
     if (s := _series(evals, "eval/greedy_pass@1")):
-        passk["greedy pass@1"] = s
+        passk["greedy pass@1"] = _with_interval(evals, "eval/greedy_pass@1", s)
     llc = read_llc(run)
     conditions, conditions_greedy = read_conditions(run)
     data = RunData(run.path.resolve().name, llc, rewards, passk, conditions, conditions_greedy, [])
@@ -254,10 +271,13 @@ def _draw_rewards(ax, rewards: dict[str, Series], smooth: int | None = None) -> 
 
 def _draw_passk(ax, passk: dict[str, Series]) -> None:
     for i, (label, s) in enumerate(passk.items()):
+        color = "black" if label == "greedy pass@1" else f"C{(i + 3) % 10}"
         if label == "greedy pass@1":
-            ax.plot(s.steps, s.values, "s--", color="black", ms=4, lw=1.2, label=label)
+            ax.plot(s.steps, s.values, "s--", color=color, ms=4, lw=1.2, label=label)
         else:
-            ax.plot(s.steps, s.values, "o-", color=f"C{(i + 3) % 10}", ms=4, lw=1.5, label=label)
+            ax.plot(s.steps, s.values, "o-", color=color, ms=4, lw=1.5, label=label)
+        if s.low is not None and s.high is not None:  # the 95% interval over problems, as a band
+            ax.fill_between(s.steps, s.low, s.high, color=color, alpha=0.12, lw=0, zorder=1)
     ax.set_ylabel("fraction solved")
     ax.set_ylim(-0.03, 1.03)
 

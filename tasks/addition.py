@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rewards.addition import is_exact
+from rewards.addition import answer_text, is_exact
 from tasks.base import Task
 from tasks.registry import register
 
@@ -138,6 +138,9 @@ class Addition(Task):
 
     def gold(self, row: dict[str, Any]) -> str:
         return f"<answer>\n{row['answer']}\n</answer>"
+
+    def answer_key(self, completion: str, row: dict[str, Any]) -> str | None:
+        return answer_text(completion)  # the task compares this exact string with the gold
 
     @classmethod
     def _draw_distinct(

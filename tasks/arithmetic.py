@@ -78,6 +78,10 @@ class Arithmetic(Task):
     def gold(self, row: dict[str, Any]) -> str:
         return f"<answer>{row['answer']}</answer>"
 
+    def answer_key(self, completion: str, row: dict[str, Any]) -> str | None:
+        value = answer_integer(completion)
+        return None if value is None else str(value)
+
     def _draw(self, rng: random.Random) -> Problem:
         p = self.params
         a, b = rng.randint(p.min_operand, p.max_operand), rng.randint(p.min_operand, p.max_operand)

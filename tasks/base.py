@@ -36,6 +36,14 @@ class Task(ABC):
     def gold(self, row: dict[str, Any]) -> str:
         """A correct completion for ``row`` in the format the prompt asks for."""
 
+    def answer_key(self, completion: str, row: dict[str, Any]) -> str | None:
+        """The completion's answer in canonical text (equal answers, equal keys), for majority vote (maj@k).
+
+        None when the completion states no answer; tasks without one canonical answer form (the default)
+        return None always, and evaluation then reports no ``eval/maj@k``.
+        """
+        return None
+
     @property
     def uses_progress(self) -> bool:
         """Whether training prompts depend on ``set_progress`` (then data loading must stay in-process)."""

@@ -11,7 +11,7 @@ import datasets
 from pydantic import BaseModel, ConfigDict, Field
 
 from rewards.errors import ConfigError
-from rewards.gsm8k import is_gsm8k_correct
+from rewards.gsm8k import answer_value, is_gsm8k_correct
 from rewards.parsing import format_number, parse_number
 from tasks.base import Task
 from tasks.data import BUILDERS, load_table
@@ -126,6 +126,10 @@ class GSM8K(Task):
 
     def is_correct(self, completion: str, row: dict[str, Any]) -> bool:
         return is_gsm8k_correct(completion, row["answer"], self.params.answer_mode)
+
+    def answer_key(self, completion: str, row: dict[str, Any]) -> str | None:
+        value = answer_value(completion, self.params.answer_mode)
+        return None if value is None else format_number(value)
 
     def gold(self, row: dict[str, Any]) -> str:
         solution = row["solution"]

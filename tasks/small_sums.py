@@ -63,6 +63,12 @@ class SmallSums(Task):
     def gold(self, row: dict[str, Any]) -> str:
         return str(row["answer"])
 
+    def answer_key(self, completion: str, row: dict[str, Any]) -> str | None:
+        value = last_number(completion)
+        if value is None:
+            return None
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
     def _draw(self, rng: random.Random) -> Problem:
         p = self.params
         terms = [rng.randint(p.min_operand, p.max_operand) for _ in range(p.num_terms)]

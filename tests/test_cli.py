@@ -23,6 +23,7 @@ SCRIPTS = {
     "grpo-llc": "analysis.llc:main",
     "grpo-phases": "analysis.phases:main",
     "grpo-plot": "analysis.plot_run:main",
+    "grpo-compare": "analysis.compare_evals:main",
 }
 
 

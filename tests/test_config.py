@@ -10,7 +10,7 @@ from training_with_unsloth.config import ExperimentConfig, load_config, validate
 from training_with_unsloth.errors import ConfigError
 from training_with_unsloth.grpo_fields import GRPO_CONFIG_FIELDS, installed_fields
 
-from .helpers import REPO
+from .helpers import REPO, tiny_config
 
 
 def err(raw: dict) -> str:
@@ -176,3 +176,9 @@ def test_use_vllm_is_refused_at_config_time():
         validate({"name": "x", "trainer": {"use_vllm": True}})
     assert "\n" not in str(info.value)
     assert validate({"name": "x", "trainer": {"use_vllm": False}}).trainer["use_vllm"] is False
+
+
+def test_best_checkpoint_metric_cannot_be_an_interval(tmp_path):
+    raw = tiny_config(tmp_path, tmp_path, **{"checkpoints.best": "eval/pass@1_ci"})
+    with pytest.raises(ConfigError, match="is an interval, not a value: use eval/pass@1"):
+        validate(raw)

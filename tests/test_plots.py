@@ -127,3 +127,34 @@ def test_only_replay_metrics_give_a_single_panel(tmp_path):
     assert "curriculum.png" in names(plots.plot_run(run))
     write_metrics(run, [{"step": s, "kind": "train", "replay/buffer_size": 3.0} for s in range(1, 5)])  # right-axis keys only
     assert "curriculum.png" in names(plots.plot_run(run))
+
+
+def test_intervals_are_drawn_as_bands(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from analysis.plot_run import PASSK_TITLE, build_combined_figure
+
+    records = full_records()
+    for r in records:
+        if r["kind"] == "eval":
+            r["eval/pass@1_ci"] = [max(r["eval/pass@1"] - 0.1, 0.0), r["eval/pass@1"] + 0.1]
+            r["eval/greedy_pass@1_ci"] = [0.0, 0.5]
+            r["eval/maj@4"], r["eval/maj@4_ci"] = 0.2, [0.1, 0.3]
+            r["eval/maj@1"], r["eval/maj@1_ci"] = 0.1, [0.0, 0.2]
+    evals = [r for r in records if r["kind"] == "eval"]
+    passk = plots._passk(plt, "r", [], evals)
+    bands = [c for c in passk.axes[0].collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # pass@1 and greedy; pass@4 logged no interval, maj@k is drawn without one
+    assert legend_texts(passk) == ["pass@1", "pass@4", "maj@4", "greedy pass@1"]  # no maj@1
+    assert "95% intervals" in passk.axes[0].get_title()
+    plt.close("all")
+    run = RunDir(tmp_path / "run")
+    write_metrics(run, records)
+    assert "passk.png" in names(plots.plot_run(run))
+    fig = build_combined_figure(run)
+    ax = next(a for a in fig.axes if a.get_title(loc="left") == PASSK_TITLE)
+    assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2  # pass@1 and greedy pass@1

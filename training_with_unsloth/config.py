@@ -186,6 +186,8 @@ class CheckpointConfig(_Section):
             raise ValueError(f"checkpoints: give only one of every, log_spaced, steps (got {', '.join(given)})")
         if self.steps is not None and any(s < 1 for s in self.steps):
             raise ValueError("checkpoints.steps must be positive step numbers")
+        if self.best is not None and self.best.endswith("_ci"):
+            raise ValueError(f"checkpoints.best: {self.best} is an interval, not a value: use {self.best.removesuffix('_ci')}")
         return self
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from training_with_unsloth.config import EvalConfig
-from training_with_unsloth.passk import mean_pass_at_k
+from training_with_unsloth.intervals import bootstrap_mean_ci, wilson_interval
+from training_with_unsloth.passk import majority_correct, mean_pass_at_k, per_problem_pass_at_k
 from training_with_unsloth.rundir import RunDir, atomic_write_text, to_json
 
 
@@ -66,19 +67,28 @@ def select_rows(rows: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
     return picked
 
 
+def _ci(interval: tuple[float, float]) -> list[float]:
+    """An interval as the `[low, high]` list logged beside its value (`<key>_ci`)."""
+    return [float(interval[0]), float(interval[1])]
+
+
 def _per_condition(
     rows: list[dict[str, Any]], correct: list[list[bool]], greedy_correct: list[bool] | None, n: int
-) -> dict[str, float]:
-    """`eval/condition/<c>/sample_accuracy` (and `/greedy_pass@1`) for rows that carry a `condition`."""
+) -> dict[str, Any]:
+    """`eval/condition/<c>/sample_accuracy` (and `/greedy_pass@1`) for rows that carry a `condition`,
+    each with its 95% interval (`..._ci`: bootstrap over the condition's problems; Wilson for greedy)."""
     groups: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         if row.get("condition") is not None:
             groups.setdefault(str(row["condition"]), []).append(i)
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     for cond, idx in sorted(groups.items()):
         out[f"eval/condition/{cond}/sample_accuracy"] = sum(sum(correct[i]) for i in idx) / (len(idx) * n)
+        out[f"eval/condition/{cond}/sample_accuracy_ci"] = _ci(bootstrap_mean_ci([sum(correct[i]) / n for i in idx]))
         if greedy_correct is not None:
-            out[f"eval/condition/{cond}/greedy_pass@1"] = sum(greedy_correct[i] for i in idx) / len(idx)
+            solved = sum(greedy_correct[i] for i in idx)
+            out[f"eval/condition/{cond}/greedy_pass@1"] = solved / len(idx)
+            out[f"eval/condition/{cond}/greedy_pass@1_ci"] = _ci(wilson_interval(solved, len(idx)))
     return out
 
 
@@ -100,6 +110,7 @@ class EvalScores:
     greedy_correct: list[bool] | None
     completions: list[str]  # the samples flattened, problem by problem
     completion_ids: list[list[int]]  # their token ids, flattened the same way
+    answers: list[list[str | None]] | None = None  # the task's answer_key per sample (None: no canonical form)
 
 
 class PassKEvaluator:
@@ -124,7 +135,7 @@ class PassKEvaluator:
         self.max_new_tokens = cfg.max_new_tokens or max_new_tokens
         self.run_dir = run
 
-    def evaluate(self, generator: Generator, step: int) -> dict[str, float]:
+    def evaluate(self, generator: Generator, step: int) -> dict[str, Any]:
         """Run one evaluation, write `eval/passk-<step>.jsonl`, return the aggregate metrics.
 
         Steps: `generate` (sampled and greedy completions), `score` (rewards and correctness),
@@ -162,7 +173,17 @@ class PassKEvaluator:
         greedy_correct = (
             [bool(self.task.is_correct(g[0], row)) for g, row in zip(greedy, rows, strict=True)] if greedy else None
         )
-        return EvalScores(rewards, correct, greedy_correct, flat_texts, flat_ids)
+        answers = None
+        if self._has_answer_key():
+            answers = [[self.task.answer_key(t, row) for t in group] for group, row in zip(samples, rows, strict=True)]
+        return EvalScores(rewards, correct, greedy_correct, flat_texts, flat_ids, answers)
+
+    def _has_answer_key(self) -> bool:
+        """Whether the task gives answers a canonical form (overrides `Task.answer_key`): then maj@k is reported."""
+        from tasks.base import Task
+
+        fn = getattr(type(self.task), "answer_key", None)
+        return callable(fn) and fn is not Task.answer_key
 
     def write_lines(self, step: int, generated: EvalCompletions, scored: EvalScores) -> None:
         """`eval/passk-<step>.jsonl`: one line per problem with its samples, verdicts and rewards."""
@@ -184,20 +205,34 @@ class PassKEvaluator:
                     "num_correct": sum(correct[i]),
                     "rewards": per,
                     **({"greedy": greedy[i][0], "greedy_correct": greedy_correct[i]} if greedy else {}),
+                    **({"answers": scored.answers[i]} if scored.answers is not None else {}),
                 }
             )
         atomic_write_text(self.run_dir.passk_file(step), "".join(to_json(line) + "\n" for line in lines))
 
-    def aggregate(self, scored: EvalScores) -> dict[str, float]:
-        """The `eval/...` metrics: pass@k, greedy pass@1, accuracies (also per condition), rewards, length."""
+    def aggregate(self, scored: EvalScores) -> dict[str, Any]:
+        """The `eval/...` metrics: pass@k, greedy pass@1, accuracies (also per condition), maj@k, rewards, length.
+
+        Each pass@k, maj@k and accuracy comes with its 95% interval as a `[low, high]` list under `<key>_ci`:
+        a seeded bootstrap over problems (`intervals.bootstrap_mean_ci`), Wilson for greedy pass@1.
+        """
         cfg, n = self.cfg, self.cfg.num_samples
         correct, greedy_correct, rewards = scored.correct, scored.greedy_correct, scored.rewards
-        metrics: dict[str, float] = {
-            f"eval/pass@{k}": v for k, v in mean_pass_at_k(correct, sorted(set(cfg.k))).items()
-        }
+        ks = sorted(set(cfg.k))
+        metrics: dict[str, Any] = {}
+        for k, v in mean_pass_at_k(correct, ks).items():
+            metrics[f"eval/pass@{k}"] = v
+            metrics[f"eval/pass@{k}_ci"] = _ci(bootstrap_mean_ci(per_problem_pass_at_k(correct, k)))
+        if scored.answers is not None:
+            for k in ks:
+                votes = [float(majority_correct(a[:k], c[:k])) for a, c in zip(scored.answers, correct, strict=True)]
+                metrics[f"eval/maj@{k}"] = _mean(votes)
+                metrics[f"eval/maj@{k}_ci"] = _ci(bootstrap_mean_ci(votes))
         if greedy_correct is not None:
             metrics["eval/greedy_pass@1"] = sum(greedy_correct) / len(greedy_correct)
+            metrics["eval/greedy_pass@1_ci"] = _ci(wilson_interval(sum(greedy_correct), len(greedy_correct)))
         metrics["eval/sample_accuracy"] = sum(map(sum, correct)) / (len(correct) * n)
+        metrics["eval/sample_accuracy_ci"] = _ci(bootstrap_mean_ci([sum(c) / n for c in correct]))
         metrics.update(_per_condition(self.rows, correct, greedy_correct, n))
         total = [0.0] * len(scored.completions)
         for (name, vals), w in zip(rewards.items(), self.weights, strict=True):

@@ -24,6 +24,27 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
+def _interval_series(records: list[dict], key: str) -> tuple[list[int], list[float], list[float]]:
+    """(steps, lows, highs) of the `[low, high]` intervals logged as `<key>_ci` (records without one skipped)."""
+    pts = []
+    for r in records:
+        ci = r.get(f"{key}_ci")
+        if (
+            isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_number(v) and math.isfinite(v) for v in ci)
+            and _is_number(r.get("step"))
+        ):
+            pts.append((r["step"], float(ci[0]), float(ci[1])))
+    pts.sort()
+    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+
+
+def _band(ax, records: list[dict], key: str, line) -> None:
+    """The 95% interval of `key` as a shaded band in the colour of its line, where `<key>_ci` was logged."""
+    steps, lows, highs = _interval_series(records, key)
+    if steps:
+        ax.fill_between(steps, lows, highs, color=line.get_color(), alpha=0.15, lw=0)
+
+
 def _has(records: list[dict], key: str) -> bool:
     return bool(_series(records, key)[0])
 
@@ -110,11 +131,20 @@ def _passk(plt, name: str, train: list[dict], evals: list[dict]):
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key in keys:
-        ax.plot(*_series(evals, key), "o-", label=key.removeprefix("eval/"))
+        (line,) = ax.plot(*_series(evals, key), "o-", label=key.removeprefix("eval/"))
+        _band(ax, evals, key, line)
+    # maj@k for k > 1 as dotted lines, without bands (maj@1 is the first sample's verdict: pass@1, noisier)
+    majs = sorted((k for k in _keys(evals, "eval/maj@") if k.split("@")[1].isdigit() and int(k.split("@")[1]) > 1),
+                  key=lambda k: int(k.split("@")[1]))
+    for key in majs:
+        ax.plot(*_series(evals, key), "^:", label=key.removeprefix("eval/"))
     gs, gv = _series(evals, "eval/greedy_pass@1")
     if gs:
-        ax.plot(gs, gv, "s--", color="black", label="greedy pass@1")
-    ax.set(xlabel="step", ylabel="fraction of held-out problems", ylim=(-0.02, 1.02), title=f"{name}: Pass@K")
+        (line,) = ax.plot(gs, gv, "s--", color="black", label="greedy pass@1")
+        _band(ax, evals, "eval/greedy_pass@1", line)
+    banded = any(_interval_series(evals, key)[0] for key in [*keys, "eval/greedy_pass@1"])
+    title = f"{name}: Pass@K" + (" (bands: 95% intervals over problems)" if banded else "")
+    ax.set(xlabel="step", ylabel="fraction of held-out problems", ylim=(-0.02, 1.02), title=title)
     ax.grid(alpha=0.3)
     _legend(ax)
     return fig

@@ -127,7 +127,9 @@ class PassKCallback(ResearchCallback):
         self.latest = {"step": step, **metrics}
         self.run.append_metrics({"step": step, "kind": "eval", "time": time.time(), **metrics})
         _wandb_log(metrics, step)
-        ks = " ".join(f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items() if "pass@" in k)
+        ks = " ".join(
+            f"{k.removeprefix('eval/')}={v:.3f}" for k, v in metrics.items() if "pass@" in k and isinstance(v, int | float)
+        )
         tqdm.write(f"[eval] step {step}: {ks} reward={metrics['eval/reward']:.3f} ({metrics['eval/seconds']:.0f}s)")
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -143,12 +145,19 @@ class PassKCallback(ResearchCallback):
             self._evaluate(state.global_step)
 
 
-def _wandb_log(metrics: dict[str, float], step: int) -> None:
+def _wandb_log(metrics: dict[str, Any], step: int) -> None:
+    """Log to an active wandb run; a `[low, high]` interval (`<key>_ci`) goes as `<key>_ci_low` and `<key>_ci_high`."""
     import sys
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.log({**metrics, "train/global_step": step})
+        flat: dict[str, Any] = {}
+        for key, value in metrics.items():
+            if isinstance(value, list | tuple) and len(value) == 2:
+                flat[f"{key}_low"], flat[f"{key}_high"] = value
+            else:
+                flat[key] = value
+        wandb.log({**flat, "train/global_step": step})
 
 
 def save_adapter(trainer: Any, final: Path, meta: dict[str, Any]) -> Path:
@@ -254,7 +263,7 @@ class BestCheckpoint(ResearchCallback):
             return
         self._seen = latest
         if self.metric not in latest:
-            available = sorted(k for k in latest if k.startswith("eval/"))
+            available = sorted(k for k in latest if k.startswith("eval/") and isinstance(latest[k], int | float))
             near = closest(self.metric, available)
             hint = f"did you mean '{near}'? " if near else ""
             raise UnknownMetricError(
