@@ -35,6 +35,18 @@ Method
    ``clip(round(sqrt(n)), 3, 25)``; ``smooth_series`` draws the same span as a local-linear
    smoothed curve). Overlapping windows are merged. ``score`` = min(z, e); every returned window
    has score >= threshold.
+5. Per-point errors (optional ``std``: each point's own standard deviation, e.g. an LLC's
+   ``llc_std`` or an eval's 95% interval half-width / 1.96). Each point's sigma is then
+   sigma_i = std_i * max(1, s), s = the step-2 noise estimate computed on residuals each divided by
+   its own (chord-combined) std, i.e. how much more the points actually scatter than their stated
+   errors. All fits become weighted least squares (weights 1/sigma_i^2), so D is a chi-square
+   drop with (at least) the stated variances; the pooled variance of the significance test is never
+   allowed below the stated errors, and the effect size is measured in the rms sigma_i of the
+   points around the break. The max (not the stated std alone) keeps flat noise window-free when the
+   stated errors are too small; never going below the stated std means points with large error
+   bars cannot make a change: a dip well inside them gives no window. Non-finite or negative std
+   count as missing (the median of the others), zero std is raised to 1e-3 of that median, and a
+   std with no positive finite value is ignored (the unweighted method).
 
 Measured (tests/test_phases.py and simulation): flat noise gives a window in ~0.1-0.4% of series
 of <= 20 points and essentially never for >= 100 points; a 6-sigma level shift in >= 50 points is
@@ -43,8 +55,8 @@ found with a window bracketing it exactly; a kink bending the curve by 8-10 sigm
 
 CLI::
 
-    uv run analysis/phases.py --run runs/<name> [--column NAME ...] [--smooth N] [--threshold T] [--json]
-    uv run analysis/phases.py --csv export.csv --column "run-a - train/reward" [--step-column Step]
+    uv run analysis/phases.py --run runs/<name> [--column NAME ...] [--smooth N] [--threshold T] [--no-std] [--json]
+    uv run analysis/phases.py --csv export.csv --column "run-a - train/reward" [--step-column Step] [--std-column NAME]
     uv run grpo-phases --run runs/<name>                # the same command, as a console script
 """
 
@@ -91,23 +103,55 @@ class SeriesError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- numerics
+def _array(x: Iterable) -> np.ndarray:
+    return np.asarray(list(x) if not isinstance(x, np.ndarray) else x, dtype=float).ravel()
+
+
 def _clean(steps: Iterable, values: Iterable) -> tuple[np.ndarray, np.ndarray]:
     """Finite pairs, sorted by step, duplicates averaged."""
-    t = np.asarray(list(steps) if not isinstance(steps, np.ndarray) else steps, dtype=float).ravel()
-    y = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float).ravel()
+    t, y, _ = _clean_std(steps, values, None)
+    return t, y
+
+
+def _clean_std(steps: Iterable, values: Iterable, std: Iterable | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Finite pairs, sorted by step, duplicates averaged; with `std`, each point's cleaned sigma too.
+
+    Non-finite or negative std count as missing (the median of the valid ones), zero std is raised to
+    1e-3 of that median; a std with no positive finite value gives None (the unweighted method).
+    The std of an average of repeated steps is sqrt(sum std^2) / count.
+    """
+    t, y = _array(steps), _array(values)
     if t.shape != y.shape:
         raise ValueError(f"steps and values differ in length ({t.size} != {y.size})")
+    s = None
+    if std is not None:
+        s = _array(std)
+        if s.shape != t.shape:
+            raise ValueError(f"std and values differ in length ({s.size} != {y.size})")
     keep = np.isfinite(t) & np.isfinite(y)
     t, y = t[keep], y[keep]
+    if s is not None:
+        s = s[keep]
+        valid = np.isfinite(s) & (s >= 0)
+        positive = s[valid & (s > 0)]
+        if positive.size == 0:
+            s = None
+        else:
+            med = float(np.median(s[valid]))
+            s = np.where(valid, s, med)
+            s = np.maximum(s, 1e-3 * (med if med > 0 else float(np.median(positive))))
     if t.size == 0:
-        return t, y
+        return t, y, s
     order = np.argsort(t, kind="stable")
     t, y = t[order], y[order]
+    s = s[order] if s is not None else None
     uniq, inverse, counts = np.unique(t, return_inverse=True, return_counts=True)
     if uniq.size != t.size:
         y = np.bincount(inverse, weights=y) / counts
+        if s is not None:
+            s = np.sqrt(np.bincount(inverse, weights=s * s)) / counts
         t = uniq
-    return t, y
+    return t, y, s
 
 
 def noise_sigma(steps: Sequence[float], values: Sequence[float]) -> float:
@@ -116,13 +160,26 @@ def noise_sigma(steps: Sequence[float], values: Sequence[float]) -> float:
     return _noise(t, y)
 
 
-def _noise(t: np.ndarray, y: np.ndarray) -> float:
+def _noise(t: np.ndarray, y: np.ndarray, std: np.ndarray | None = None) -> float:
+    """Noise sigma; with `std`, the ratio of the actual scatter to the stated per-point errors."""
+    if std is not None:
+        if y.size < 3:
+            return 1.0
+        w = (t[2:] - t[1:-1]) / (t[2:] - t[:-2])
+        var = std[1:-1] ** 2 + (w * std[:-2]) ** 2 + ((1 - w) * std[2:]) ** 2
+        r = (y[1:-1] - (w * y[:-2] + (1 - w) * y[2:])) / np.sqrt(var)
+        return _trimmed_sigma(r, 1e-9)
     scale = float(np.max(np.abs(y))) if y.size else 0.0
     floor = 1e-9 * max(scale, 1e-12)
     if y.size < 3:
         return max(float(np.std(y)), floor)
     w = (t[2:] - t[1:-1]) / (t[2:] - t[:-2])  # weight of the left neighbour in the chord
     r = (y[1:-1] - (w * y[:-2] + (1 - w) * y[2:])) / np.sqrt(1 + w**2 + (1 - w) ** 2)
+    return _trimmed_sigma(r, floor)
+
+
+def _trimmed_sigma(r: np.ndarray, floor: float) -> float:
+    """The standard deviation of unit-variance residuals r, trimmed beyond 3 MADs (robust)."""
     med = np.median(r)
     dev = np.abs(r - med)
     mad = 1.4826 * float(np.median(dev))
@@ -164,9 +221,9 @@ def smooth_series(steps: Sequence[float], values: Sequence[float], window: int |
 class _Segments:
     """Prefix sums for O(1) straight-line RSS on any index range [a, b)."""
 
-    def __init__(self, t: np.ndarray, y: np.ndarray):
-        n = t.size
-        self.c = [np.concatenate([[0.0], np.cumsum(a)]) for a in (np.ones(n), t, t * t, y, t * y, y * y)]
+    def __init__(self, t: np.ndarray, y: np.ndarray, w: np.ndarray | None = None):
+        w = np.ones(t.size) if w is None else w  # weighted least squares: the same formulas with weighted sums
+        self.c = [np.concatenate([[0.0], np.cumsum(a)]) for a in (w, w * t, w * t * t, w * y, w * t * y, w * y * y)]
 
     def sums(self, a, b):
         return [c[b] - c[a] for c in self.c]
@@ -184,13 +241,14 @@ class _Segments:
         return rss, slope, intercept
 
 
-def _quadratic_rss(t: np.ndarray, y: np.ndarray) -> float:
-    """Residual sum of squares of the least-squares parabola through (t, y)."""
+def _quadratic_rss(t: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """(Weighted) residual sum of squares of the least-squares parabola through (t, y)."""
     tc = t - t.mean()
     tc = tc / (np.abs(tc).max() or 1.0)
     X = np.stack([np.ones_like(tc), tc, tc * tc], axis=1)
-    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
-    return float(np.sum((y - X @ beta) ** 2))
+    rw = np.ones_like(tc) if w is None else np.sqrt(w)
+    beta, *_ = np.linalg.lstsq(X * rw[:, None], y * rw, rcond=None)
+    return float(np.sum((rw * (y - X @ beta)) ** 2))
 
 
 def _significance(drop: float, m: int, nu: float) -> float:
@@ -224,25 +282,41 @@ def detect_windows(
     smooth: int | None = None,
     threshold: float = 4.0,
     min_points: int = 3,
+    std: Sequence[float] | None = None,
 ) -> list[Window]:
     """Transition windows of one series (see the module docstring for the method).
 
     steps may be unevenly spaced (log-spaced checkpoints); NaNs are dropped. Returns the windows
     sorted by start step, each with score >= threshold; [] for short, constant or flat-noise series.
+
+    std: optional per-point standard deviations (same length as values). Each point is then judged
+    against its own error: sigma_i = std_i * max(1, s), s = how much more the points scatter than
+    their stated errors (the robust noise estimate of the std-normalised residuals), and every fit is
+    weighted by 1/sigma_i^2. The max keeps flat noise window-free when the stated errors are too
+    small; never going below the stated std means a change well inside large error bars is not a
+    window. Without std (or a std with no positive finite value) the noise is estimated from the
+    residuals alone.
     """
     min_points = max(2, int(min_points))
-    t, y = _clean(steps, values)
+    t, y, s = _clean_std(steps, values, std)
     n = t.size
     if n < 2 * min_points or np.ptp(y) == 0:
         return []
-    sigma = _noise(t, y)
     half = max(1, int(smooth) if smooth else default_smooth(n)) // 2
     nu = max(1.0, NOISE_DOF * (n - 2))  # degrees of freedom of the MAD noise estimate
+    if s is None:
+        sigma, weights, point_sigma, var_floor = _noise(t, y), None, None, 1.0 / 1.5**2
+    else:  # each point's own sigma, inflated to the actual scatter when the stated errors are too small
+        inflate = max(1.0, _noise(t, y, s))
+        point_sigma = s * inflate
+        sigma = float(np.median(point_sigma))
+        weights = (sigma / point_sigma) ** 2
+        var_floor = max(1.0 / 1.5**2, 1.0 / inflate**2)  # the pooled variance never goes below the stated errors
     # standardise: steps to unit spread (numerics), values to units of sigma (D is then dRSS)
     t0, ts = float(t.mean()), float(t.std()) or 1.0
     tn = (t - t0) / ts
     yn = (y - float(np.median(y))) / sigma
-    seg = _Segments(tn, yn)
+    seg = _Segments(tn, yn, weights)
 
     found: list[tuple[int, int, int, float]] = []  # (break index, lo break, hi break, score)
     stack = [(0, n)]
@@ -260,14 +334,18 @@ def detect_windows(
         # pool the global noise estimate (nu dof) with this split's residuals (b - a - 4 dof)
         resid_dof = b - a - 4
         var = (nu + float(rl[j] + rr[j])) / (nu + resid_dof) if resid_dof > 0 else 1.0
-        var = max(var, 1.0 / 1.5**2)  # never trust the pooled estimate far below the global one
+        var = max(var, var_floor)  # never trust the pooled estimate far below the global one
         z = _significance(float(drop[j]) / var, cand.size, nu + max(resid_dof, 0))
         tau = 0.5 * (tn[i - 1] + tn[i])
         jump = abs((il[j] + sl[j] * tau) - (ir[j] + sr[j] * tau))
         w = min(tau - tn[a], tn[b - 1] - tau)
         effect = (jump + abs(sr[j] - sl[j]) * w) / math.sqrt(var)  # in noise sigmas
+        if point_sigma is not None:  # in the rms sigma of the points around the break
+            near = point_sigma[max(a, i - half - 1): min(b, i + half + 1)]
+            effect *= sigma / float(np.sqrt(np.mean(near**2)))
         score = min(z, effect)
-        if score < threshold or _quadratic_rss(tn[a:b], yn[a:b]) - float(rl[j] + rr[j]) < SHARPNESS * var:
+        wq = None if weights is None else weights[a:b]
+        if score < threshold or _quadratic_rss(tn[a:b], yn[a:b], wq) - float(rl[j] + rr[j]) < SHARPNESS * var:
             continue
         lo, hi = _location_interval(drop, cand, j)
         lo, hi = max(a + 1, min(lo, i - half + 1)), min(b - 1, max(hi, i + half - 1))
@@ -352,6 +430,26 @@ def load_csv_series(path: str | Path, column: str, *, step_column: str | None = 
     return steps, values
 
 
+def load_csv_std(
+    path: str | Path, column: str, std_column: str, *, step_column: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, values, std) of `column` and its per-point standard deviation `std_column` in a CSV."""
+    header, rows = read_csv_columns(path)
+    sc = find_step_column(header, step_column)
+    if std_column not in header:
+        raise SeriesError(f"std column {std_column!r} not in {path}{_closest(std_column, [h for h in header if h != sc])}")
+    steps, values = load_csv_series(path, column, step_column=sc)
+    return steps, values, np.array([to_number(r.get(std_column)) for r in rows], dtype=float)
+
+
+def _ci_sigma(interval) -> float:
+    """A 95% interval [low, high] as a standard deviation: half its width / 1.96 (NaN when unusable)."""
+    if not isinstance(interval, list | tuple) or len(interval) != 2:
+        return math.nan
+    low, high = to_number(interval[0]), to_number(interval[1])
+    return (high - low) / (2 * 1.96) if math.isfinite(low) and math.isfinite(high) and high >= low else math.nan
+
+
 def run_columns(run: RunDir | str | Path) -> dict[str, str]:
     """Every series a run dir offers, as {column: source}, source in {'train', 'eval', 'llc'}."""
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -390,6 +488,33 @@ def load_run_series(run: RunDir | str | Path, column: str) -> tuple[np.ndarray, 
             steps.append(to_number(rec["step"]))
             values.append(to_number(rec[column]))
     return np.array(steps, dtype=float), np.array(values, dtype=float)
+
+
+def load_run_series_std(run: RunDir | str | Path, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """(steps, values, std, how) of a run's `column` with each point's own standard deviation.
+
+    An analysis/llc.csv `llc_mean...` column uses the matching `llc_std...` column; an eval metric
+    uses half the width of its `<metric>_ci` interval / 1.96 (a 95% interval); anything else, or a
+    series with no usable std, gives std None. `how` says which sigma that is, for printing.
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    steps, values = load_run_series(run, column)
+    source = run_columns(run)[column]
+    std = None
+    how = "noise estimated from the residuals"
+    if source == "llc" and "llc_mean" in column:
+        std_col = column.replace("llc_mean", "llc_std")
+        header, _ = read_csv_columns(run.analysis / "llc.csv")
+        if std_col in header:
+            std = load_csv_series(run.analysis / "llc.csv", std_col, step_column="step")[1]
+            how = f"per-point {std_col} (analysis/llc.csv)"
+    elif source == "eval":
+        std = np.array([_ci_sigma(rec.get(f"{column}_ci")) for rec in run.read_metrics()
+                        if rec.get("kind") == "eval" and column in rec and "step" in rec], dtype=float)
+        how = f"per-point {column}_ci half-width / 1.96"
+    if std is not None and not np.any(np.isfinite(std) & (std > 0)):
+        std, how = None, "noise estimated from the residuals (no usable per-point std)"
+    return steps, values, std, how
 
 
 def load_series(
@@ -432,17 +557,32 @@ def analyse_run(
     threshold: float = 4.0,
     min_points: int = 3,
     write: bool = True,
+    use_std: bool = True,
+    sigma_used: dict[str, str] | None = None,
 ) -> list[Window]:
-    """Windows of each column of a run (default columns when None); written to analysis/phases.json."""
+    """Windows of each column of a run (default columns when None); written to analysis/phases.json.
+
+    use_std: judge each point against its own error where the run has one (`llc_std` for the LLC,
+    the `<metric>_ci` interval for eval metrics; see `load_run_series_std`). `sigma_used`, when
+    given, is filled with {column: which sigma was used}; phases.json records it under "sigma".
+    """
     run = run if isinstance(run, RunDir) else RunDir(run)
     columns = list(columns) if columns else default_run_columns(run)
     windows: list[Window] = []
+    used: dict[str, str] = {}
     for col in columns:
-        steps, values = load_run_series(run, col)
-        windows += detect_windows(steps, values, column=col, smooth=smooth, threshold=threshold, min_points=min_points)
+        if use_std:
+            steps, values, std, used[col] = load_run_series_std(run, col)
+        else:
+            (steps, values), std, used[col] = load_run_series(run, col), None, "noise estimated from the residuals (--no-std)"
+        windows += detect_windows(steps, values, column=col, smooth=smooth, threshold=threshold,
+                                  min_points=min_points, std=std)
+    if sigma_used is not None:
+        sigma_used.update(used)
     if write:
         payload = {
             "columns": columns,
+            "sigma": used,
             "smooth": smooth,
             "threshold": threshold,
             "min_points": min_points,
@@ -481,6 +621,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "default is whichever of " + ", ".join(DEFAULT_RUN_COLUMNS) + " exist; required with --csv")
     p.add_argument("--step-column", metavar="NAME", help="the CSV's step column (default: the first of "
                    + ", ".join(STEP_COLUMNS) + " present)")
+    p.add_argument("--std-column", action="append", metavar="NAME", help="the CSV column holding each point's "
+                   "standard deviation, one per --column in order: each point is judged against its own error "
+                   "(with --run, llc_std and the eval <metric>_ci intervals are used automatically)")
+    p.add_argument("--no-std", action="store_true", help="with --run: ignore per-point errors, estimate the noise "
+                   "from the residuals only")
     p.add_argument("--smooth", type=int, metavar="N", help="smoothing span in points; windows cover at least this "
                    "many points around a change (default: sqrt(n) clipped to 3..25)")
     p.add_argument("--threshold", type=float, default=4.0, metavar="T",
@@ -518,15 +663,36 @@ def _windows(args: argparse.Namespace) -> list[Window]:
             raise SeriesError(f"no such run directory: {run.path}")
         if not args.column and not default_run_columns(run):
             raise SeriesError(f"{run.path} has none of the default columns ({', '.join(DEFAULT_RUN_COLUMNS)})")
-        return analyse_run(run, args.column, smooth=args.smooth, threshold=args.threshold, min_points=args.min_points)
+        if args.std_column:
+            raise SeriesError("--std-column is for --csv; --run uses llc_std and the eval <metric>_ci intervals itself")
+        used: dict[str, str] = {}
+        windows = analyse_run(run, args.column, smooth=args.smooth, threshold=args.threshold,
+                              min_points=args.min_points, use_std=not args.no_std, sigma_used=used)
+        _print_sigma(used)
+        return windows
     if not args.column:
         raise SeriesError("--csv needs at least one --column")
+    if args.std_column and len(args.std_column) != len(args.column):
+        raise SeriesError(f"give one --std-column per --column ({len(args.std_column)} for {len(args.column)})")
     windows = []
-    for col in args.column:
-        steps, values = load_csv_series(args.csv, col, step_column=args.step_column)
+    used = {}
+    for k, col in enumerate(args.column):
+        if args.std_column:
+            steps, values, std = load_csv_std(args.csv, col, args.std_column[k], step_column=args.step_column)
+            used[col] = f"per-point {args.std_column[k]}"
+        else:
+            (steps, values), std = load_csv_series(args.csv, col, step_column=args.step_column), None
+            used[col] = "noise estimated from the residuals"
         windows += detect_windows(steps, values, column=col, smooth=args.smooth,
-                                  threshold=args.threshold, min_points=args.min_points)
+                                  threshold=args.threshold, min_points=args.min_points, std=std)
+    _print_sigma(used)
     return windows
+
+
+def _print_sigma(used: dict[str, str]) -> None:
+    """Say on stderr which sigma each series was judged against (stdout stays the table or JSON)."""
+    for col, how in used.items():
+        print(f"sigma for {col}: {how}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.phases import Window, detect_windows, load_csv_series, load_series, noise_sigma, smooth_series
+from analysis.phases import (
+    Window,
+    detect_windows,
+    load_csv_series,
+    load_csv_std,
+    load_run_series_std,
+    load_series,
+    noise_sigma,
+    smooth_series,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "analysis" / "phases.py"
@@ -140,6 +149,54 @@ def test_noise_and_smoothing_helpers():
     assert np.std(sy - 0.01 * t) < 0.7
 
 
+# ---------------------------------------------------------------------------------------- per-point std
+@pytest.mark.parametrize("n", [20, 60, 200])
+def test_flat_noise_with_per_point_std_gives_no_windows(n):
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        std = rng.uniform(0.3, 3.0, n)  # each point's own sigma, the noise drawn with it
+        y = 5.0 + std * rng.standard_normal(n)
+        assert detect_windows(np.arange(n), y, std=std) == [], (n, seed)
+        # stated errors 3x too small: the actual scatter takes over, still no windows
+        assert detect_windows(np.arange(n), y, std=std / 3) == [], (n, seed)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_five_sigma_jump_with_per_point_std_found(seed):
+    rng = np.random.default_rng(seed)
+    n, c = 100, 40
+    std = rng.uniform(0.8, 1.25, n)
+    y = 3.0 + np.where(np.arange(n) >= c, 5.0, 0.0) + std * rng.standard_normal(n)
+    windows = detect_windows(np.arange(n), y, std=std, column="llc_mean")
+    assert len(windows) == 1, windows
+    assert _brackets(windows[0], c - 1, c) and windows[0].score >= 4.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_large_error_bars_around_a_dip_give_no_window(seed):
+    """A dip of 10 scatter sigmas is two windows without std, none when its points carry sigma 2."""
+    rng = np.random.default_rng(seed)
+    n = 60
+    t = np.arange(n) * 10
+    dip = (np.arange(n) >= 25) & (np.arange(n) < 35)
+    y = 0.1 * rng.standard_normal(n) - np.where(dip, 1.0, 0.0)
+    std = np.where(dip, 2.0, 0.1)
+    assert len(detect_windows(t, y)) >= 1
+    assert detect_windows(t, y, std=std) == []
+
+
+def test_std_edge_cases():
+    t, y = _level(60, 30, 8.0, 0)
+    base = detect_windows(t, y)
+    assert detect_windows(t, y, std=np.zeros(60)) == base  # no usable std: the unweighted method
+    assert detect_windows(t, y, std=[float("nan")] * 60) == base
+    std = np.ones(60)
+    std[[3, 9]] = [np.nan, -1.0]  # missing values count as the median
+    assert len(detect_windows(t, y, std=std)) == 1
+    with pytest.raises(ValueError, match="differ in length"):
+        detect_windows(t, y, std=np.ones(5))
+
+
 # ---------------------------------------------------------------------------------------- loading
 def _wandb_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     t, y = _level(120, 60, 6.0, 3, sigma=0.1, offset=1.0)
@@ -173,6 +230,21 @@ def test_run_dir_loading(tmp_path):
     assert load_series(run, "reward")[0].tolist() == list(range(1, 41))
     assert load_series(run, "eval/pass@1")[1].tolist() == pytest.approx([0.0, 0.1, 0.2])
     assert load_series(run, "llc_mean")[1].tolist() == [3.0, 3.5]
+
+
+def test_run_dir_std(tmp_path):
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    recs = [{"step": s, "kind": "train", "reward": 0.5} for s in range(1, 5)]
+    recs += [{"step": s, "kind": "eval", "eval/pass@1": 0.5, "eval/pass@1_ci": [0.5 - 0.196, 0.5 + 0.196]} for s in (0, 10)]
+    recs.append({"step": 20, "kind": "eval", "eval/pass@1": 0.5})  # no interval: NaN, later the median
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (run / "analysis" / "llc.csv").write_text("step,llc_mean,llc_std,healthy,notes\n1,3.0,0.1,True,\n2,3.5,0.2,False,x\n")
+    steps, values, std, how = load_run_series_std(run, "llc_mean")
+    assert std.tolist() == [0.1, 0.2] and "llc_std" in how
+    steps, values, std, how = load_run_series_std(run, "eval/pass@1")
+    assert std[:2] == pytest.approx([0.1, 0.1]) and np.isnan(std[2]) and "_ci" in how
+    assert load_run_series_std(run, "reward")[2] is None
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -232,3 +304,56 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
     assert out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert needle in out.stderr
+
+
+def _std_csv(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 80
+    std = rng.uniform(0.5, 1.0, n)
+    y = np.where(np.arange(n) >= 40, 6.0, 0.0) + std * rng.standard_normal(n)
+    rows = ["step,value,value_std"] + [f"{s},{v:.6f},{e:.6f}" for s, v, e in zip(range(n), y, std, strict=True)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_cli_std_column(tmp_path):
+    csv = tmp_path / "s.csv"
+    _std_csv(csv)
+    out = _cli("--csv", str(csv), "--column", "value", "--std-column", "value_std", "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    expected = detect_windows(*load_csv_std(csv, "value", "value_std")[:2], std=load_csv_std(csv, "value", "value_std")[2])
+    assert [(d["start"], d["end"]) for d in got] == [(w.start, w.end) for w in expected]
+    assert len(got) == 1 and got[0]["start"] <= 39 and got[0]["end"] >= 40
+    assert "sigma for value: per-point value_std" in out.stderr
+
+
+def test_cli_run_reports_sigma(tmp_path):
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "kind": "train", "reward": 1.0}) + "\n")
+    rows = [f"{s},{3.0 + 0.01 * s},0.1,True," for s in range(1, 21)]
+    (run / "analysis" / "llc.csv").write_text("step,llc_mean,llc_std,healthy,notes\n" + "\n".join(rows) + "\n")
+    out = _cli("--run", str(run), "--column", "llc_mean", "--json")
+    assert out.returncode == 0, out.stderr
+    assert "sigma for llc_mean: per-point llc_std" in out.stderr
+    assert json.loads((run / "analysis" / "phases.json").read_text())["sigma"]["llc_mean"].startswith("per-point llc_std")
+    out = _cli("--run", str(run), "--column", "llc_mean", "--no-std")
+    assert out.returncode == 0 and "residuals" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--column", "value", "--std-column", "value_sd"], "std column 'value_sd' not in"),
+        (["--column", "value", "--std-column", "value_std", "--std-column", "value_std"], "one --std-column per --column"),
+    ],
+)
+def test_cli_std_column_errors(tmp_path, args, needle):
+    csv = tmp_path / "s.csv"
+    _std_csv(csv)
+    out = _cli("--csv", str(csv), *args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert needle in out.stderr
+    if "std column" in needle:
+        assert "did you mean 'value_std'" in out.stderr
