@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,3 +69,37 @@ def write_untrained_run(path: Path, model_dir: Path, steps: tuple[int, ...] = (2
         model.save_pretrained(out, selected_adapters=["default"])
         (out / "meta.json").write_text(json.dumps({"step": step, "train_metrics": {}, "latest_eval": {}}))
     return run.path
+
+
+def unsloth_cpu_trainer(cfg: Any, *, pad_token: str | None = None, kl: Any = None) -> tuple[Any, Any]:
+    """(trainer, run) of `cfg` under Unsloth's GRPOConfig and trainer, around a PEFT-wrapped transformers model.
+
+    Only for a subprocess that set `UNSLOTH_ALLOW_CPU=1`, imported unsloth and ran `_patch_trl_rl_trainers`:
+    Unsloth's loader needs a GPU, so the model gets no-op `for_training` / `for_inference` (the FastLanguageModel
+    methods Unsloth's trainer calls) and everything else is Unsloth's trainer code.
+    """
+    from peft import get_peft_model
+
+    import rewards
+    from training_with_unsloth.assembly import build_grpo_config, build_trainer
+    from training_with_unsloth.models import backends
+    from training_with_unsloth.plan import prepare
+    from training_with_unsloth.rundir import RunDir
+
+    prep = prepare(cfg, cuda=False)
+    funcs, weights = rewards.build(prep.reward_specs)
+    run = RunDir(cfg.run_dir)
+    run.create()
+    args = build_grpo_config(cfg, run, weights, cuda=False, backend="unsloth")
+    loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
+    if pad_token is not None:
+        loaded.tokenizer.pad_token = pad_token
+    for name in ("for_training", "for_inference"):
+        setattr(type(loaded.model), name, lambda self, *a, **k: self)
+    model = get_peft_model(loaded.model, loaded.peft_config)
+    train_ds, eval_ds = prep.task.build(cfg.seed)
+    trainer = build_trainer(
+        prep, run, args=args, model=model, tokenizer=loaded.tokenizer, train_ds=train_ds, eval_ds=eval_ds,
+        reward_funcs=funcs, reward_weights=weights, kl=kl,
+    )
+    return trainer, run

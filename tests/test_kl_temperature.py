@@ -58,32 +58,16 @@ import unsloth  # noqa: F401  -- first, as the unsloth backend does
 from unsloth.models.rl import _patch_trl_rl_trainers
 _patch_trl_rl_trainers("grpo_trainer")
 import torch
-import rewards
-from peft import get_peft_model
-from training_with_unsloth.models import backends, logprob_fallback
+from tests.helpers import unsloth_cpu_trainer
+from training_with_unsloth.assembly import kl_settings
 from training_with_unsloth.config import validate
-from training_with_unsloth.assembly import build_grpo_config, build_trainer, kl_settings
-from training_with_unsloth.plan import prepare
-from training_with_unsloth.rundir import RunDir
+from training_with_unsloth.models import logprob_fallback
 
 logprob_fallback.install()
 for raw, check in json.loads(sys.argv[1]):
     cfg = validate(raw)
-    prep = prepare(cfg, cuda=False)
-    funcs, weights = rewards.build(prep.reward_specs)
-    run = RunDir(cfg.run_dir)
-    run.create()
-    args = build_grpo_config(cfg, run, weights, cuda=False, backend="unsloth")
-    loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
-    loaded.tokenizer.pad_token = "<|endoftext|>"  # Unsloth gives ChatML models a pad token other than the end of turn
-    for name in ("for_training", "for_inference"):
-        setattr(type(loaded.model), name, lambda self, *a, **k: self)
-    model = get_peft_model(loaded.model, loaded.peft_config)
-    train_ds, eval_ds = prep.task.build(cfg.seed)
-    trainer = build_trainer(
-        prep, run, args=args, model=model, tokenizer=loaded.tokenizer, train_ds=train_ds, eval_ds=eval_ds,
-        reward_funcs=funcs, reward_weights=weights, kl=kl_settings(cfg, "unsloth"),
-    )
+    # Unsloth gives ChatML models a pad token other than the end of turn
+    trainer, run = unsloth_cpu_trainer(cfg, pad_token="<|endoftext|>", kl=kl_settings(cfg, "unsloth"))
     checks = []
     aligned_by = trainer._per_completion_token
     # Unsloth's PrefixGrouper (shared-prompt scoring) does not reproduce a direct forward for the second member of

@@ -30,30 +30,12 @@ print("MRO", " ".join(c.__name__ for c in ResearchGRPOTrainer.__mro__))
 print("BOUND", trl.GRPOTrainer.__name__)
 print("OWN", " ".join(sorted(k for k in vars(ResearchGRPOTrainer) if not k.startswith("__"))))
 
-import rewards
-from peft import get_peft_model
-from training_with_unsloth.models import backends, logprob_fallback
+from tests.helpers import unsloth_cpu_trainer
 from training_with_unsloth.config import validate
-from training_with_unsloth.assembly import build_grpo_config, build_trainer
-from training_with_unsloth.plan import prepare
-from training_with_unsloth.rundir import RunDir
+from training_with_unsloth.models import logprob_fallback
 
-cfg = validate(json.loads(sys.argv[1]))
-prep = prepare(cfg, cuda=False)
 logprob_fallback.install()
-funcs, weights = rewards.build(prep.reward_specs)
-run = RunDir(cfg.run_dir)
-run.create()
-args = build_grpo_config(cfg, run, weights, cuda=False, backend="unsloth")
-loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
-for name in ("for_training", "for_inference"):
-    setattr(type(loaded.model), name, lambda self, *a, **k: self)
-model = get_peft_model(loaded.model, loaded.peft_config)
-train_ds, eval_ds = prep.task.build(cfg.seed)
-trainer = build_trainer(
-    prep, run, args=args, model=model, tokenizer=loaded.tokenizer, train_ds=train_ds, eval_ds=eval_ds,
-    reward_funcs=funcs, reward_weights=weights,
-)
+trainer, run = unsloth_cpu_trainer(validate(json.loads(sys.argv[1])))
 print("CHANGED", json.dumps(sorted(trainer.args_rewritten)))
 trainer.train()
 print("TRAINED", type(trainer).__mro__[1].__name__)

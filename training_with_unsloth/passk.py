@@ -46,6 +46,6 @@ def mean_pass_at_k(correct: Sequence[Sequence[bool]], ks: Sequence[int]) -> dict
     """Mean pass@k over problems, each given as the correctness of its n samples."""
     out = {}
     for k in ks:
-        vals = [pass_at_k(len(row), sum(map(bool, row)), k) for row in correct]
+        vals = per_problem_pass_at_k(correct, k)
         out[k] = sum(vals) / len(vals) if vals else float("nan")
     return out
