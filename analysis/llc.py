@@ -46,12 +46,14 @@ LLC_COLUMNS = ("step", "llc_mean", "llc_std")
 class Settings:
     """SGLD and probe settings; recorded in `llc_settings.json` so reruns never mix settings.
 
-    Defaults: localization 100 and n_beta = batch/ln(batch) as in the apart-physics seed; lr 1e-4,
-    where `--calibrate` on the quickstart run found chains that move yet stay healthy (at 1e-5 the
-    LoRA weights barely move and the LLC is ~0); few draws, so five checkpoints take minutes on a CPU.
+    Defaults (evidence in docs/analysis.md): the probe is each checkpoint's own completions (`self`),
+    sampled on the full probe batch (no minibatch noise), n_beta = batch / ln(batch), localization
+    100; lr is the one `--calibrate` picks when the run has no recorded settings.
     """
 
     def __post_init__(self) -> None:
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", self.num_probes)
         if self.n_beta is None:
             object.__setattr__(self, "n_beta", self.batch_size / math.log(self.batch_size) if self.batch_size > 1 else 1.0)
 
@@ -61,15 +63,22 @@ class Settings:
     chains: int = 2
     draws: int = 30
     burn_in: int = 10
-    batch_size: int = 4
+    batch_size: int | None = None  # None: the whole probe set every step
     seed: int = 0
-    probe: str = "reference"
+    probe: str = "self"
     probe_from: int | None = None
     num_probes: int = 16
     restrict: str | None = None
     max_drift: float = 0.25
+    sampler: str = "sgld"
+    mala_steps: int = 4
     # Bumped when the probe rows change meaning, so llc.csv rows of an older probe are never mixed with new ones.
-    probe_format: int = 2
+    probe_format: int = 3
+
+
+LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
+SAMPLERS = {"sgld": "sgmcmc_sgld", "rmsprop_sgld": "rmsprop_sgld"}  # ours -> devinterp's sampling_method
+PROBES = ("self", "rollouts", "reference")
 
 
 # ----------------------------------------------------------------------------- run and model
@@ -178,10 +187,12 @@ def lora_groups(model: Any, restrict: str | None) -> dict[str, dict[str, None]]:
 # ----------------------------------------------------------------------------- probe
 
 
-def build_run_probe(run: Any, cfg: Any, model: Any, tokenizer: Any, settings: Settings, device: str):
-    """The probe for this run: gold answers (`reference`) or completions sampled once from a checkpoint.
+def build_run_probe(run: Any, cfg: Any, model: Any, tokenizer: Any, settings: Settings, device: str, step: int | None = None):
+    """The probe for checkpoint `step`: its own sampled completions (`self`), completions sampled once from
+    checkpoint `--probe-from` (`rollouts`, the same rows for every checkpoint) or gold answers (`reference`).
 
-    Budget, chat-template arguments and (rollouts) sampler are the run's `trainer:` settings.
+    Budget, chat-template arguments and sampler are the run's `trainer:` settings. `self` needs `step`;
+    it swaps that checkpoint's adapter in to sample (cached in `probe-rollouts-<step>.jsonl`).
     """
     import tasks
     from analysis.probe import RunSampling, build_probe
@@ -197,20 +208,24 @@ def build_run_probe(run: Any, cfg: Any, model: Any, tokenizer: Any, settings: Se
     sampling = RunSampling.from_trainer(cfg.trainer)
     if settings.probe == "reference":
         completions = [task.gold(r) for r in rows]
+    elif settings.probe == "self":
+        if step is None:
+            raise ValueError("the 'self' probe is built per checkpoint: pass its step")
+        completions = _rollouts(run, model, tokenizer, prompts, sampling, settings, device, step)
     else:
-        completions = _rollouts(run, model, tokenizer, prompts, sampling, settings, device)
+        step = settings.probe_from if settings.probe_from is not None else run.adapter_steps()[-1]
+        completions = _rollouts(run, model, tokenizer, prompts, sampling, settings, device, step)
     return build_probe(
         tokenizer, prompts, completions,
         max_completion_tokens=sampling.max_completion_length, chat_template_kwargs=sampling.chat_template_kwargs,
     )  # fmt: skip
 
 
-def _rollouts(run, model, tokenizer, prompts, sampling: Any, settings: Settings, device: str) -> list[Any]:
-    """Completions sampled once from checkpoint `--probe-from` with the run's sampler; cached per step."""
+def _rollouts(run, model, tokenizer, prompts, sampling: Any, settings: Settings, device: str, step: int) -> list[Any]:
+    """Completions sampled once from checkpoint `step` with the run's sampler; cached per step."""
     from analysis.probe import sample_rollouts
     from training_with_unsloth.rundir import atomic_write_text, read_jsonl
 
-    step = settings.probe_from if settings.probe_from is not None else run.adapter_steps()[-1]
     path = run.analysis / f"probe-rollouts-{step}.jsonl"
     sampler = {**sampling.record(), "seed": settings.seed}
     vocab = max(len(tokenizer), model.get_input_embeddings().weight.shape[0])
@@ -278,14 +293,21 @@ def estimate_llc(
     `loss_fn(model, input_ids)` returns the per-position loss, shape (batch, length - 1), whose mean
     over a row is that row's negative log-likelihood (devinterp averages over every position).
     `masks` names the parameters sampled (devinterp `param_masks`; None: every parameter, frozen
-    ones included). SGLD uses `settings.lr`, `n_beta`, `localization`, `chains`, `draws`, `burn_in`,
-    `batch_size` and `seed`; the init loss is the mean over `init_loss_batches` batches.
-    LLC = n_beta * (mean sampled loss - init loss), per chain.
+    ones included). devinterp's sampler `settings.sampler` uses `lr`, `n_beta`, `localization`,
+    `chains`, `draws`, `burn_in`, `batch_size` and `seed`; the init loss is the mean over
+    `init_loss_batches` batches.
+
+    LLC = n_beta * (mean loss over the draws after burn-in - init loss), per chain. (devinterp 2.0.1's
+    own `llc_mean` averages the burn-in steps in as well, which biases it toward 0 by the share of
+    burn-in; it is kept as `llc_devinterp`.) With `settings.mala_steps`, the MALA acceptance rate of the
+    SGLD proposal is measured on the full dataset (`llc_health.mala_acceptance`).
     """
     import tempfile
     import warnings
 
     from devinterp.slt.llc import llc
+
+    from analysis.llc_health import mala_acceptance
 
     # All weights (masks None): PEFT froze the base, and SGLD only moves parameters that get gradients.
     frozen = [p for p in model.parameters() if not p.requires_grad] if masks is None else []
@@ -309,61 +331,54 @@ def estimate_llc(
                 localization=settings.localization,
                 init_seed=settings.seed,
                 num_init_loss_batches=init_loss_batches,
+                sampling_method=SAMPLERS[settings.sampler],
                 device=device,
                 output_path=Path(tmp) / "samples.zarr",
             )
-            per_chain = [float(x) for x in result["llc_per_chain"].values]
             trace = result["loss_trace"].values.tolist()
+        acceptance = None
+        if settings.mala_steps > 0 and settings.sampler == "sgld":
+            names = set(masks) if masks is not None else None
+            params = [p for n, p in model.named_parameters() if (names is None or n in names) and p.requires_grad]
+            ids = dataset[: len(dataset)]["input_ids"].to(device)
+            acceptance = mala_acceptance(
+                model, ids, loss_fn, params, lr=settings.lr, n_beta=settings.n_beta, localization=settings.localization,
+                steps=settings.mala_steps, seed=settings.seed,
+            )  # fmt: skip
     finally:
         for p in frozen:
             p.requires_grad_(False)
     failures = [str(w.message) for w in caught if "Chain failed" in str(w.message)]
+    init_loss = float(result["init_loss"])
+    per_chain = [chain_llc(t, settings.burn_in, init_loss, settings.n_beta) for t in trace]
+    finite = [v for v in per_chain if math.isfinite(v)]
+    mean = sum(finite) / len(finite) if finite else float("nan")
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite)) if finite else float("nan")
     return {
-        "llc_mean": float(result["llc_mean"]),
-        "llc_std": float(result["llc_std"]),
+        "llc_mean": mean if len(finite) == len(per_chain) else float("nan"),
+        "llc_std": std,
         "per_chain": per_chain,
+        "llc_devinterp": float(result["llc_mean"]),
         "trace": trace,
-        "init_loss": float(result["init_loss"]),
+        "init_loss": init_loss,
         "failures": failures,
+        "mala_acceptance": acceptance,
     }
 
 
+def chain_llc(trace: Sequence[float], burn_in: int, init_loss: float, n_beta: float) -> float:
+    """n_beta * (mean of a chain's losses after burn-in - init loss); NaN when a draw is not finite."""
+    draws = list(trace[burn_in:])
+    if not draws or not all(math.isfinite(x) for x in draws):
+        return float("nan")
+    return n_beta * (sum(draws) / len(draws) - init_loss)
+
+
 def health(est: dict[str, Any], settings: Settings) -> tuple[bool, str]:
-    """Whether an estimate can be trusted, and why not: negative/NaN chains, unsettled traces."""
-    notes = list(est["failures"])
-    for i, value in enumerate(est["per_chain"]):
-        if not math.isfinite(value):
-            notes.append(f"chain {i} LLC is NaN")
-        elif value < 0:
-            notes.append(f"chain {i} LLC is negative ({value:.3g}): lr too large or localization too weak")
-    for i, trace in enumerate(est["trace"]):
-        draws = [x for x in trace[settings.burn_in :] if math.isfinite(x)]
-        if len(draws) < 4:
-            notes.append(f"chain {i}: too few finite draws to judge its trace")
-            continue
-        q = len(draws) // 4
-        second, last = draws[q : 2 * q], draws[-q:]
-        half = draws[len(draws) // 2 :]
-        rise = abs(sum(half) / len(half) - est["init_loss"])
-        drift = abs(_mean(last) - _mean(second))
-        noise = 2 * math.sqrt((_var(second) + _var(last)) / q)  # minibatch noise alone moves quarter means this much
-        if drift > max(settings.max_drift * rise, noise):
-            notes.append(
-                f"chain {i} trace not settled (last-quarter mean moved {drift:.3g}; loss rise {rise:.3g}, noise {noise:.3g}): "
-                "more draws or burn-in, or a smaller lr"
-            )
-    if not math.isfinite(est["llc_mean"]):
-        notes.append("LLC is NaN")
-    return not notes, "; ".join(notes)
+    """Whether an estimate can be trusted, and why not (see `analysis.llc_health.health`)."""
+    from analysis.llc_health import health as judge
 
-
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
-
-
-def _var(xs: Sequence[float]) -> float:
-    m = _mean(xs)
-    return sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1)
+    return judge(est, settings.burn_in, settings.max_drift)
 
 
 # ----------------------------------------------------------------------------- files
@@ -451,6 +466,24 @@ def plot_traces(run: Any, steps: Sequence[int], settings: Settings, path: Path) 
 # ----------------------------------------------------------------------------- commands
 
 
+class ProbeSource:
+    """The probe each checkpoint is measured on: built once (`reference`, `rollouts`) or per checkpoint (`self`)."""
+
+    def __init__(self, run: Any, cfg: Any, model: Any, tokenizer: Any, settings: Settings, device: str):
+        self._args = (run, cfg, model, tokenizer, settings, device)
+        self._fixed = None if settings.probe == "self" else build_run_probe(*self._args)
+
+    def at(self, step: int) -> Any:
+        """The probe for checkpoint `step` (sampling its completions first for `self`)."""
+        return self._fixed if self._fixed is not None else build_run_probe(*self._args, step=step)
+
+    def describe(self) -> str:
+        settings = self._args[4]
+        if self._fixed is not None:
+            return f"{self._fixed.input_ids.shape[0]} x {self._fixed.input_ids.shape[1]} tokens, the same for every checkpoint"
+        return f"{settings.num_probes} held-out prompts, completions sampled from each checkpoint"
+
+
 def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device: str, force: bool) -> list[dict[str, Any]]:
     """LLC for each requested checkpoint not yet in llc.csv (all of them with `force`)."""
     from tqdm.auto import tqdm
@@ -478,19 +511,23 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
         return rows
 
     model, tokenizer = load_model(cfg, device, run)
-    probe = build_run_probe(run, cfg, model, tokenizer, settings, device)
+    probes = ProbeSource(run, cfg, model, tokenizer, settings, device)
     groups = lora_groups(model, settings.restrict)
     atomic_write_json(settings_path, asdict(settings))
     print(
         f"LLC over {len(todo)} checkpoint(s) {todo}: {sum(len(g) for g in groups.values())} LoRA tensors in "
-        f"{len(groups)} group(s), probe '{settings.probe}' of {probe.input_ids.shape[0]} x {probe.input_ids.shape[1]} tokens",
+        f"{len(groups)} group(s), probe '{settings.probe}' ({probes.describe()}), sampler {settings.sampler}, "
+        f"lr {settings.lr:g}, n_beta {settings.n_beta:.3g}, batch {settings.batch_size}",
         flush=True,
     )
     bar = tqdm(todo, desc="checkpoints", unit="ckpt")
     for step in bar:
+        t0 = time.time()
+        probe = probes.at(step)
         swap_adapter(model, run.adapter_dir(step))
         ests = {name: estimate(model, probe, masks, settings, device) for name, masks in groups.items()}
         row = row_for(step, ests, settings)
+        row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
         atomic_write_json(
             run.analysis / "traces" / f"step-{step}.json",
@@ -520,30 +557,38 @@ def calibrate(run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: lis
 
     steps = sorted({run.adapter_steps()[0], run.adapter_steps()[-1]})
     model, tokenizer = load_model(cfg, device, run)
-    probe = build_run_probe(run, cfg, model, tokenizer, base, device)
+    probes = ProbeSource(run, cfg, model, tokenizer, base, device)
     masks = lora_groups(model, None)["all"]
-    results, traces = calibration_estimates(run, model, probe, masks, base, steps, lrs, n_betas, device=device)
+    print(
+        f"calibrating on checkpoints {steps}: lr {lrs} x n_beta {n_betas}, probe '{base.probe}' ({probes.describe()}), "
+        f"sampler {base.sampler}, {base.chains} chains x {base.burn_in}+{base.draws} steps",
+        flush=True,
+    )
+    results, traces = calibration_estimates(run, model, probes, masks, base, steps, lrs, n_betas, device=device)
     plot_calibration(run, steps, lrs, n_betas, results, traces, run.analysis / "calibration.png")
-    rec = recommend_setting(results)
-    write_calibration(run, steps, results, rec)
+    rec = recommend_setting(results, base.n_beta)
+    write_calibration(run, steps, results, rec, base)
     print_calibration(steps, results, rec)
     return {"results": results, "recommended": rec}
 
 
 def calibration_estimates(
-    run: Any, model: Any, probe: Any, masks: dict[str, None], base: Settings, steps: list[int],
+    run: Any, model: Any, probes: ProbeSource, masks: dict[str, None], base: Settings, steps: list[int],
     lrs: list[float], n_betas: list[float], *, device: str,
 ) -> tuple[list[dict[str, Any]], list[list[list[float]]]]:
     """One LLC estimate per checkpoint x lr x n_beta, in that order, with progress and ETA printed.
 
-    Returns the result rows (step, lr, n_beta, llc_mean, llc_std, healthy, notes) and, aligned with
-    them, each estimate's per-chain loss traces.
+    Returns the result rows (step, lr, n_beta, llc_mean, llc_std, below_init, mala_acceptance,
+    healthy, notes) and, aligned with them, each estimate's per-chain loss traces.
     """
+    from analysis.llc_health import below_init
+
     results: list[dict[str, Any]] = []
     traces: list[list[list[float]]] = []
     total = len(steps) * len(lrs) * len(n_betas)
     t0, k = time.time(), 0
     for step in steps:
+        probe = probes.at(step)
         swap_adapter(model, run.adapter_dir(step))
         for lr in lrs:
             for nb in n_betas:
@@ -557,6 +602,8 @@ def calibration_estimates(
                         "n_beta": nb,
                         "llc_mean": est["llc_mean"],
                         "llc_std": est["llc_std"],
+                        "below_init": below_init(est["trace"], s.burn_in, est["init_loss"]),
+                        "mala_acceptance": est["mala_acceptance"],
                         "healthy": ok,
                         "notes": why,
                     }
@@ -606,38 +653,58 @@ def plot_calibration(
     return path
 
 
-def recommend_setting(results: list[dict[str, Any]]) -> dict[str, float] | None:
-    """The lr and n_beta to use: healthy on every checkpoint; then the smallest spread between chains
-    (llc_std / |llc_mean|, worst checkpoint), larger lr first. None when no setting is healthy throughout."""
+def recommend_setting(results: list[dict[str, Any]], default_n_beta: float | None = None) -> dict[str, Any] | None:
+    """The lr and n_beta to use, as devinterp's calibration guide picks them: among the settings healthy
+    on every checkpoint, the largest lr (the fastest-mixing stable step); at that lr the default
+    n_beta when it is healthy, else the n_beta whose chains agree best. None when nothing is healthy
+    throughout. The returned dict says why (`reason`)."""
     by_setting: dict[tuple[float, float], list[dict]] = {}
     for r in results:
         by_setting.setdefault((r["lr"], r["n_beta"]), []).append(r)
-    healthy = [(k, v) for k, v in by_setting.items() if all(r["healthy"] for r in v)]
+    healthy = {k: v for k, v in by_setting.items() if all(r["healthy"] for r in v)}
     if not healthy:
         return None
-    (lr, nb), _ = min(healthy, key=lambda kv: (max(r["llc_std"] / max(abs(r["llc_mean"]), 1e-12) for r in kv[1]), -kv[0][0]))
-    return {"lr": lr, "n_beta": nb}
+    lr = max(k[0] for k in healthy)
+    at_lr = {nb: v for (l_, nb), v in healthy.items() if l_ == lr}
+    if default_n_beta is not None and any(math.isclose(nb, default_n_beta, rel_tol=1e-6) for nb in at_lr):
+        nb = next(nb for nb in at_lr if math.isclose(nb, default_n_beta, rel_tol=1e-6))
+        why = "the default n_beta"
+    else:
+        nb = min(at_lr, key=lambda n: max(r["llc_std"] / max(abs(r["llc_mean"]), 1e-12) for r in at_lr[n]))
+        why = "the n_beta whose chains agree best"
+    larger = sorted({k[0] for k in by_setting if k[0] > lr})
+    reason = f"largest lr healthy on every calibrated checkpoint ({why})" + (
+        f"; lr {', '.join(f'{x:g}' for x in larger)} failed" if larger else ""
+    )
+    return {"lr": lr, "n_beta": nb, "reason": reason}
 
 
-def write_calibration(run: Any, steps: list[int], results: list[dict[str, Any]], rec: dict[str, float] | None) -> None:
+def write_calibration(
+    run: Any, steps: list[int], results: list[dict[str, Any]], rec: dict[str, Any] | None, settings: Settings
+) -> None:
     """`calibration.csv` (one row per grid point) and `calibration.json` (steps, results, recommendation)."""
     from training_with_unsloth.rundir import atomic_write_json
 
     write_csv(run.analysis / "calibration.csv", [{**r, "step": r["step"]} for r in results])
-    atomic_write_json(run.analysis / "calibration.json", {"steps": steps, "results": results, "recommended": rec})
+    atomic_write_json(
+        run.analysis / "calibration.json",
+        {"steps": steps, "settings": _calibration_key(settings), "results": results, "recommended": rec},
+    )
 
 
 def print_calibration(steps: list[int], results: list[dict[str, Any]], rec: dict[str, float] | None) -> None:
     """The grid as a table, then the recommended flags (or what to widen when nothing was healthy)."""
     print()
-    print(f"{'step':>6} {'lr':>9} {'n_beta':>7} {'llc_mean':>10} {'llc_std':>9}  healthy")
+    print(f"{'step':>6} {'lr':>9} {'n_beta':>7} {'llc_mean':>10} {'llc_std':>9} {'below':>6} {'MALA':>5}  healthy")
     for r in results:
+        below, mala = r.get("below_init"), r.get("mala_acceptance")
         print(
-            f"{r['step']:>6} {r['lr']:>9.3g} {r['n_beta']:>7.3g} {r['llc_mean']:>10.4g} {r['llc_std']:>9.3g}  "
+            f"{r['step']:>6} {r['lr']:>9.3g} {r['n_beta']:>7.3g} {r['llc_mean']:>10.4g} {r['llc_std']:>9.3g} "
+            f"{'-' if below is None else f'{below:.0%}':>6} {'-' if mala is None else f'{mala:.2f}':>5}  "
             f"{'yes' if r['healthy'] else 'no: ' + r['notes']}"
         )
     if rec:
-        print(f"\nrecommended: --lr {rec['lr']:g} --n-beta {rec['n_beta']:g} (healthy on steps {steps}, most consistent chains)")
+        print(f"\nrecommended: --lr {rec['lr']:g} --n-beta {rec['n_beta']:g}: {rec['reason']} (steps {steps})")
     else:
         print(
             "\nno setting was healthy on both checkpoints: widen the grid (smaller --lr values), raise --localization or --draws"
@@ -668,21 +735,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoints", type=_steps, default=None, help="comma-separated steps (default: every adapter checkpoint)")
     ap.add_argument(
         "--probe",
-        choices=["reference", "rollouts"],
+        choices=list(PROBES),
         default=d.probe,
-        help="gold answers, or completions sampled once from a checkpoint with the run's sampler",
+        help="each checkpoint's own sampled completions (self), completions sampled once from one checkpoint "
+        "(rollouts, the same rows for all), or gold answers (reference)",
     )
     ap.add_argument(
         "--probe-from", type=int, default=None, help="checkpoint step the rollout probe is sampled from (default: the last)"
     )
     ap.add_argument("--num-probes", type=int, default=d.num_probes, help="held-out problems in the probe set")
-    ap.add_argument("--lr", type=float, default=d.lr, help="SGLD step size")
-    ap.add_argument("--n-beta", type=float, default=None, help="SGLD inverse temperature (default: batch_size / ln(batch_size))")
+    ap.add_argument(
+        "--lr", type=float, default=None,
+        help=f"SGLD step size (default: the recorded or calibrated one; {d.lr:g} with --no-calibrate)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--n-beta", type=float, default=None,
+        help="SGLD inverse temperature (default: the recorded or calibrated one, else batch_size / ln(batch_size))",
+    )  # fmt: skip
     ap.add_argument("--localization", type=float, default=d.localization, help="pull toward the checkpoint's weights (gamma)")
+    ap.add_argument("--sampler", choices=list(SAMPLERS), default=d.sampler, help="devinterp sampler")
     ap.add_argument("--chains", type=int, default=d.chains)
     ap.add_argument("--draws", type=int, default=d.draws)
     ap.add_argument("--burn-in", type=int, default=d.burn_in)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
+    ap.add_argument("--batch-size", type=int, default=None, help="probe rows per SGLD step (default: all of them)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument(
         "--max-drift",
@@ -691,13 +766,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="trace drift (last vs second quarter) tolerated, as a fraction of the loss rise",
     )
     ap.add_argument(
+        "--mala-steps", type=int, default=d.mala_steps,
+        help="Langevin proposals scored for the MALA acceptance rate in each estimate (0: skip; sgld only)",
+    )  # fmt: skip
+    ap.add_argument(
         "--restrict", choices=["layers", "attn-mlp"], default=None, help="refined LLCs per parameter group, one column each"
     )
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     ap.add_argument("--force", action="store_true", help="recompute steps already in llc.csv")
-    ap.add_argument("--calibrate", action="store_true", help="grid of --lr-grid x --n-beta-grid on the first and last checkpoint")
-    ap.add_argument("--lr-grid", type=_floats, default=[1e-5, 1e-4, 1e-3], help="comma-separated lrs for --calibrate")
-    ap.add_argument("--n-beta-grid", type=_floats, default=[3.0, 10.0], help="comma-separated n_beta values for --calibrate")
+    ap.add_argument(
+        "--calibrate", action="store_true",
+        help="only the --lr-grid x --n-beta-grid calibration on the first and last checkpoint (it also runs by itself "
+        "before the LLCs when the run has no recorded settings and --lr is not given)",
+    )  # fmt: skip
+    ap.add_argument("--no-calibrate", action="store_true", help="never calibrate: use --lr / --n-beta or their defaults")
+    ap.add_argument("--lr-grid", type=_floats, default=list(LR_GRID), help="comma-separated lrs for calibration")
+    ap.add_argument(
+        "--n-beta-grid", type=_floats, default=None,
+        help="comma-separated n_beta values for calibration (default: the default n_beta x 0.5, 1, 2)",
+    )  # fmt: skip
     ap.add_argument("--no-figure", action="store_true", help="skip the combined figure at the end")
     return ap
 
@@ -710,26 +797,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """LLCs (or the --calibrate grid) for the run the arguments name, then the combined figure."""
+    """LLCs (calibrating first when nothing says which lr to use) for the run the arguments name, then the figure."""
     from training_with_unsloth.errors import UserError
 
     run, cfg = load_run(args.run)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.calibrate and args.no_calibrate:
+        raise UserError("--calibrate and --no-calibrate contradict each other: pass one")
     settings = Settings(
-        lr=args.lr, n_beta=args.n_beta, localization=args.localization, chains=args.chains, draws=args.draws,
-        burn_in=args.burn_in, batch_size=args.batch_size, seed=args.seed, probe=args.probe,
-        probe_from=args.probe_from, num_probes=args.num_probes, restrict=args.restrict, max_drift=args.max_drift,
+        lr=args.lr if args.lr is not None else Settings.lr, n_beta=args.n_beta, localization=args.localization,
+        chains=args.chains, draws=args.draws, burn_in=args.burn_in, batch_size=args.batch_size, seed=args.seed,
+        probe=args.probe, probe_from=args.probe_from, num_probes=args.num_probes, restrict=args.restrict,
+        max_drift=args.max_drift, sampler=args.sampler, mala_steps=args.mala_steps,
     )  # fmt: skip
+    n_betas = args.n_beta_grid or [settings.n_beta * f for f in (0.5, 1.0, 2.0)]
     if args.calibrate:
-        calibrate(run, cfg, settings, args.lr_grid, args.n_beta_grid, device=device)
+        calibrate(run, cfg, settings, args.lr_grid, n_betas, device=device)
         return 0
     available = run.adapter_steps()
     steps = args.checkpoints or available
     missing = [s for s in steps if s not in available]
     if missing:
         raise UserError(f"--checkpoints {missing}: no such adapter checkpoints; the run has {available}")
+    settings = choose_settings(run, cfg, settings, args, n_betas, device=device)
     run_llc(run, cfg, settings, steps, device=device, force=args.force)
     print(f"wrote {run.analysis / 'llc.csv'} and {run.analysis / 'llc_traces.png'}")
     if not args.no_figure:
@@ -738,6 +830,47 @@ def _run(args: argparse.Namespace) -> int:
         for path in plot_run(run.path):
             print(f"wrote {path}")
     return 0
+
+
+def choose_settings(
+    run: Any, cfg: Any, settings: Settings, args: argparse.Namespace, n_betas: list[float], *, device: str
+) -> Settings:
+    """The settings to run: the command line's lr; else the lr and n_beta recorded in `llc_settings.json`
+    when everything else matches; else a calibration's recommendation (run now unless --no-calibrate)."""
+    if args.lr is not None or args.no_calibrate:
+        source = "from --lr" if args.lr is not None else "defaults (--no-calibrate)"
+        print(f"lr {settings.lr:g}, n_beta {settings.n_beta:.3g}: {source}")
+        return settings
+    recorded_path = run.analysis / "llc_settings.json"
+    if recorded_path.is_file():
+        recorded = json.loads(recorded_path.read_text())
+        same = {k: v for k, v in asdict(settings).items() if k not in ("lr", "n_beta")}
+        if {k: recorded.get(k) for k in same} == same and args.n_beta is None:
+            print(f"lr {recorded['lr']:g}, n_beta {recorded['n_beta']:.3g}: recorded in {recorded_path}")
+            return replace(settings, lr=recorded["lr"], n_beta=recorded["n_beta"])
+    calib_path = run.analysis / "calibration.json"
+    rec = None
+    if calib_path.is_file():
+        data = json.loads(calib_path.read_text())
+        if data.get("settings") == _calibration_key(settings):
+            rec = data.get("recommended")
+            if rec:
+                print(f"lr {rec['lr']:g}, n_beta {rec['n_beta']:.3g}: recommended by {calib_path} ({rec.get('reason', '')})")
+    if rec is None and not (calib_path.is_file() and data.get("settings") == _calibration_key(settings)):
+        print("no recorded LLC settings for this run: calibrating first (--no-calibrate to skip, --lr to choose)", flush=True)
+        rec = calibrate(run, cfg, settings, args.lr_grid, n_betas, device=device)["recommended"]
+    if rec is None:
+        print(
+            f"warning: no calibrated setting was healthy on the first and last checkpoint; using lr {settings.lr:g}, "
+            f"n_beta {settings.n_beta:.3g}: read the health column before trusting any value"
+        )
+        return settings
+    return replace(settings, lr=rec["lr"], n_beta=rec["n_beta"])
+
+
+def _calibration_key(settings: Settings) -> dict[str, Any]:
+    """The settings a calibration holds fixed (everything but lr and n_beta), recorded with it."""
+    return {k: v for k, v in asdict(settings).items() if k not in ("lr", "n_beta")}
 
 
 if __name__ == "__main__":

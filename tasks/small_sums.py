@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -14,6 +14,7 @@ from tasks.registry import register
 from tasks.sampling import Problem, draw_split
 
 MIN_TRAIN_PROBLEMS = 8
+INSTRUCTIONS = {"number": "Reply with just the number.", "answer_is": "End your reply with 'The answer is N.'"}
 
 
 class SmallSumsParams(BaseModel):
@@ -26,6 +27,11 @@ class SmallSumsParams(BaseModel):
     num_terms: int = Field(2, ge=2, le=10, description="terms summed in each problem")
     train_size: int = Field(2000, ge=1, description="training problems (they may repeat, but are never eval problems)")
     eval_size: int = Field(24, ge=1, description="distinct held-out eval problems, drawn first")
+    instruction: Literal["number", "answer_is"] = Field(
+        "number",
+        description="the prompt's last sentence: 'Reply with just the number.' (`number`) or \"End your reply with "
+        "'The answer is N.'\" (`answer_is`, where a model that writes the sum out first answers more often right)",
+    )
 
     @model_validator(mode="after")
     def _space(self) -> SmallSumsParams:
@@ -74,7 +80,7 @@ class SmallSums(Task):
         terms = [rng.randint(p.min_operand, p.max_operand) for _ in range(p.num_terms)]
         text = " + ".join(map(str, terms))
         return {
-            "prompt": [{"role": "user", "content": f"What is {text}? Reply with just the number."}],
+            "prompt": [{"role": "user", "content": f"What is {text}? {INSTRUCTIONS[p.instruction]}"}],
             "answer": sum(terms),
             "problem_id": "+".join(map(str, terms)),
         }

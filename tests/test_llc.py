@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -41,12 +42,15 @@ def test_csv_has_a_row_per_checkpoint_and_reruns_skip(run_copy, capsys):
     out = run_copy / "analysis" / "llc.csv"
     table = rows(out)
     assert [int(r["step"]) for r in table] == [2, 4]
-    assert list(table[0]) == ["step", "llc_mean", "llc_std", "llc_chain_0", "llc_chain_1", "init_loss", "healthy", "notes"]
+    assert list(table[0]) == [
+        "step", "llc_mean", "llc_std", "llc_chain_0", "llc_chain_1", "init_loss", "healthy", "notes", "seconds"
+    ]  # fmt: skip
     for r in table:
         assert float(r["init_loss"]) > 0 and r["healthy"] in ("True", "False")
         chains = [float(r["llc_chain_0"]), float(r["llc_chain_1"])]
         assert float(r["llc_mean"]) == pytest.approx(sum(chains) / 2, rel=1e-5, abs=1e-6)
-        assert (r["healthy"] == "True") == (r["notes"] == "")
+        assert (r["healthy"] == "True") == ("below init" in r["notes"].split(";")[0])  # healthy: only the figures
+        assert float(r["seconds"]) > 0
     assert (run_copy / "analysis" / "llc_traces.png").is_file()
     assert (run_copy / "analysis" / "traces" / "step-4.json").is_file()
 
@@ -75,7 +79,7 @@ def test_sampling_touches_only_lora_weights(run_copy, monkeypatch):
     run, cfg = llc.load_run(run_copy)
     model, tokenizer = llc.load_model(cfg, "cpu")
     llc.swap_adapter(model, run.adapter_dir(4))
-    settings = llc.Settings(chains=1, draws=3, burn_in=1, batch_size=2, num_probes=4)
+    settings = llc.Settings(chains=1, draws=3, burn_in=1, batch_size=2, num_probes=4, probe="reference")
     probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
     masks = llc.lora_groups(model, None)["all"]
 
@@ -135,7 +139,7 @@ def test_probe_loss_scores_completion_tokens_only(tiny_model_dir):
         probe.loss_fn()(model, probe.input_ids.flip(1))
 
 
-def _est(per_chain, traces, init=1.0):
+def _est(per_chain, traces, init=1.0, mala=None):
     return {
         "llc_mean": sum(per_chain) / len(per_chain),
         "llc_std": 0.0,
@@ -143,6 +147,7 @@ def _est(per_chain, traces, init=1.0):
         "trace": traces,
         "init_loss": init,
         "failures": [],
+        "mala_acceptance": mala,
     }
 
 
@@ -150,13 +155,73 @@ def test_health_checks():
     s = llc.Settings(burn_in=2, max_drift=0.25)
     settled = [1.0, 1.05] + [1.1 + 0.001 * (-1) ** i for i in range(16)]
     drifting = [1.0, 1.05] + [1.1 + 0.02 * i for i in range(16)]
-    assert llc.health(_est([5.0], [settled]), s) == (True, "")
+    assert llc.health(_est([5.0], [settled]), s) == (True, "below init 0%")
     ok, why = llc.health(_est([-1.0], [settled]), s)
     assert not ok and "negative" in why
     ok, why = llc.health(_est([5.0], [drifting]), s)
     assert not ok and "not settled" in why
     ok, why = llc.health(_est([float("nan")], [settled]), s)
     assert not ok and "NaN" in why
+    ok, why = llc.health(_est([5.0, 5.2], [settled, settled], mala=0.93), s)
+    assert ok and why == "below init 0%; MALA acceptance 0.93; chain spread 2%"
+    ok, why = llc.health(_est([2.0, 8.0], [settled, settled]), s)
+    assert not ok and "chains disagree (std 60% of the mean" in why
+    ok, why = llc.health(_est([5.0], [settled], mala=0.2), s)
+    assert not ok and "MALA acceptance 0.20 below 0.5" in why
+    below = [1.0, 0.95] + [0.9 + 0.001 * (-1) ** i for i in range(16)]
+    ok, why = llc.health(_est([5.0], [below]), s)
+    assert not ok and "100% of draws below the init loss" in why and "--probe self" in why
+
+
+def test_a_slowly_mixing_stationary_chain_is_settled():
+    """An AR(1) trace with rho 0.95 wanders; its quarter means differ by more than iid noise would allow."""
+    import random
+
+    from analysis.llc_health import effective_size, unsettled
+
+    rng = random.Random(0)
+    x, trace = 0.0, []
+    for _ in range(400):
+        x = 0.95 * x + rng.gauss(0, 0.1)
+        trace.append(1.5 + x)
+    assert unsettled(trace, init_loss=1.0, max_drift=0.05) is None
+    assert effective_size(trace) < 0.1 * len(trace)
+    assert unsettled([1.5 + 0.01 * i for i in range(400)], init_loss=1.0, max_drift=0.05) is not None
+
+
+def test_chain_llc_skips_burn_in():
+    assert llc.chain_llc([1.0, 3.0, 2.0, 2.0], burn_in=2, init_loss=1.0, n_beta=4.0) == pytest.approx(4.0)
+    assert math.isnan(llc.chain_llc([1.0, float("nan"), 2.0], burn_in=1, init_loss=1.0, n_beta=4.0))
+
+
+def test_mala_acceptance_is_one_for_tiny_steps_and_falls_for_large_ones():
+    from analysis.llc_health import mala_acceptance
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(64, 4), torch.randn(64)
+    ids = torch.zeros(64, 2, dtype=torch.long)
+
+    def loss_fn(m, input_ids):
+        return ((m(x)[:, 0] - y) ** 2)[:, None]
+
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    small = mala_acceptance(model, ids, loss_fn, params, lr=1e-6, n_beta=10.0, localization=1.0, steps=8, seed=0)
+    large = mala_acceptance(model, ids, loss_fn, params, lr=0.5, n_beta=10.0, localization=1.0, steps=8, seed=0)
+    assert small > 0.99 and large < 0.5
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))  # weights restored
+
+
+def test_recommendation_takes_the_largest_healthy_lr():
+    def r(step, lr, nb, ok, mean=5.0, std=0.5):
+        return {"step": step, "lr": lr, "n_beta": nb, "llc_mean": mean, "llc_std": std, "healthy": ok, "notes": ""}
+
+    results = [r(s, lr, nb, ok) for s in (1, 9) for lr, nb, ok in [(1e-5, 3.0, True), (1e-4, 3.0, True), (1e-4, 6.0, True)]]
+    results += [r(1, 1e-3, 3.0, True), r(9, 1e-3, 3.0, False)]
+    rec = llc.recommend_setting(results, default_n_beta=3.0)
+    assert (rec["lr"], rec["n_beta"]) == (1e-4, 3.0) and "lr 0.001 failed" in rec["reason"]
+    assert llc.recommend_setting([r(1, 1e-3, 3.0, False)]) is None
 
 
 @pytest.mark.slow
@@ -192,7 +257,7 @@ def test_force_recomputes_only_the_requested_steps(run_copy):
 def test_all_weights_mode_samples_the_base_too(run_copy):
     run, cfg = llc.load_run(run_copy)
     model, tokenizer = llc.load_model(cfg, "cpu")
-    settings = llc.Settings(chains=1, draws=3, burn_in=1, batch_size=2, num_probes=4, lr=1e-3)
+    settings = llc.Settings(chains=1, draws=3, burn_in=1, batch_size=2, num_probes=4, lr=1e-3, probe="reference")
     probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
     lora_only = llc.estimate(model, probe, llc.lora_groups(model, None)["all"], settings, "cpu")
     everything = llc.estimate(model, probe, None, settings, "cpu")

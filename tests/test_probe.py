@@ -96,7 +96,7 @@ def test_reference_probe_uses_the_runs_completion_length(make_run, monkeypatch, 
     import tasks
 
     long = ids(tok, LONG)
-    settings = llc.Settings(num_probes=2, batch_size=2)
+    settings = llc.Settings(num_probes=2, batch_size=2, probe="reference")
     run, cfg = make_run(max_completion_length=100)
     monkeypatch.setattr(type(tasks.get(cfg.task.name, **cfg.task.params)), "gold", lambda self, row: LONG)
     model, tokenizer = llc.load_model(cfg, "cpu")
@@ -208,7 +208,7 @@ def _eval_prompts(cfg, n: int) -> list:
 
 
 def test_chat_template_kwargs_reach_the_template(make_run, monkeypatch, tok):
-    settings = llc.Settings(num_probes=2, batch_size=2)
+    settings = llc.Settings(num_probes=2, batch_size=2, probe="reference")
     run, cfg = make_run(max_completion_length=5, chat_template_kwargs={"probe_marker": True})
     model, tokenizer = llc.load_model(cfg, "cpu")
     tokenizer.chat_template = MARKER_TEMPLATE

@@ -203,6 +203,7 @@ def test_small_sums_rows(sums_split):
         "num_terms": 2,
         "train_size": 2000,
         "eval_size": 24,
+        "instruction": "number",
     }
     train, eval_ = sums_split
     assert (len(train), len(eval_)) == (2000, 24)
@@ -220,6 +221,19 @@ def test_small_sums_three_terms():
     terms = list(map(int, row["problem_id"].split("+")))
     assert len(terms) == 3 and row["answer"] == sum(terms)
     assert row["prompt"][0]["content"] == f"What is {' + '.join(map(str, terms))}? Reply with just the number."
+
+
+def test_small_sums_answer_is_instruction_changes_only_the_prompt(sums_split):
+    _, plain = sums_split
+    _, asked = tasks.get("small_sums", instruction="answer_is").build(seed=0)
+    assert asked["problem_id"] == plain["problem_id"] and asked["answer"] == plain["answer"]
+    a, b = map(int, asked[0]["problem_id"].split("+"))
+    assert asked[0]["prompt"][0]["content"] == f"What is {a} + {b}? End your reply with 'The answer is N.'"
+    task = tasks.get("small_sums", instruction="answer_is")
+    assert task.is_correct("4 + 3 = 7. The answer is 7.", {"answer": 7})
+    assert not task.is_correct("The answer is 8.", {"answer": 7})
+    with pytest.raises(ConfigError, match="instruction"):
+        tasks.get("small_sums", instruction="terse")
 
 
 def test_small_sums_gold_and_checker(sums_split):
