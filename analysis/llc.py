@@ -1,27 +1,27 @@
-"""Local learning coefficients over a run's adapter checkpoints, with devinterp's SGLD sampler.
+"""Local learning coefficients over a run's adapter checkpoints, with devinterp's samplers.
 
-    uv run analysis/llc.py --run runs/quickstart                 # every checkpoint, CPU-sized defaults
-    uv run analysis/llc.py --run runs/quickstart --calibrate     # lr x n_beta grid on first and last checkpoint
+    uv run analysis/llc.py --run runs/quickstart                 # calibrates the lr first, then every checkpoint
+    uv run analysis/llc.py --run runs/quickstart --calibrate     # the lr x n_beta grid on first and last checkpoint
     uv run analysis/llc.py --run runs/quickstart --restrict attn-mlp
-    uv run analysis/llc.py --run runs/quickstart --probe rollouts --probe-from 30
+    uv run analysis/llc.py --run runs/quickstart --probe rollouts --probe-from 24
     uv run grpo-llc --run runs/quickstart                        # the same command, as a console script
 
 The base model is loaded once, through the training backends; each `checkpoints/adapter-<step>/`
 is swapped in by loading its LoRA weights into the same model. Only the LoRA parameters are
-sampled (devinterp `param_masks`). The probe set is the same for every checkpoint: held-out
-problems of the run's task as chat prompt + target completion, loss on the completion tokens,
-built as the run's training saw completions (see `analysis/probe.py`): prompts templated with
-`trainer.chat_template_kwargs`, completions of at most `trainer.max_completion_length` tokens with
-the end token only where they ended, rollouts sampled with the run's sampler settings.
+sampled (devinterp `param_masks`). By default each checkpoint is measured on its own completions
+(`--probe self`): held-out prompts of the run's task, one completion sampled from that checkpoint
+with the run's sampler, loss on the completion tokens, built as the run's training saw completions
+(see `analysis/probe.py`). `--probe rollouts` samples once from one checkpoint for all of them;
+`--probe reference` uses the gold answers.
 
 On a CPU, a run whose `model.name` is a pre-quantized (bitsandbytes) repo is analysed on the
 16-bit base that repo was made from, when that is in the local Hugging Face cache.
 
 Writes `<run>/analysis/`: `llc.csv` (one row per checkpoint), `llc_settings.json`, `traces/`
-(per-checkpoint loss traces), `llc_traces.png` (trace diagnostics), and the combined figure.
-A row is unhealthy, with the reason in `notes`, when a chain's LLC is negative or NaN or its loss
-trace has not settled (the mean of the last quarter of draws differs from that of the second
-quarter by more than `--max-drift` of the loss rise it measures).
+(per-checkpoint loss traces), `llc_traces.png` (trace diagnostics), the calibration files when it
+calibrates, and the combined figure. A row is healthy when every chain is positive and settled, the
+chains agree and the checkpoint is a minimum of its probe loss (`analysis/llc_health.py`); `notes`
+says why not, then the share of draws below the init loss and the MALA acceptance rate.
 """
 
 from __future__ import annotations
@@ -59,24 +59,24 @@ class Settings:
 
     lr: float = 1e-4
     n_beta: float | None = None  # None: batch_size / ln(batch_size), devinterp's usual default
-    localization: float = 100.0
+    localization: float = 1000.0
     chains: int = 2
-    draws: int = 30
+    draws: int = 20
     burn_in: int = 10
     batch_size: int | None = None  # None: the whole probe set every step
     seed: int = 0
     probe: str = "self"
     probe_from: int | None = None
-    num_probes: int = 16
+    num_probes: int = 4
     restrict: str | None = None
     max_drift: float = 0.25
-    sampler: str = "sgld"
+    sampler: str = "rmsprop_sgld"
     mala_steps: int = 4
     # Bumped when the probe rows change meaning, so llc.csv rows of an older probe are never mixed with new ones.
     probe_format: int = 3
 
 
-LR_GRID = (1e-5, 3e-5, 1e-4, 3e-4)
+LR_GRID = (3e-5, 1e-4, 3e-4, 1e-3)
 SAMPLERS = {"sgld": "sgmcmc_sgld", "rmsprop_sgld": "rmsprop_sgld"}  # ours -> devinterp's sampling_method
 PROBES = ("self", "rollouts", "reference")
 
@@ -300,14 +300,15 @@ def estimate_llc(
     LLC = n_beta * (mean loss over the draws after burn-in - init loss), per chain. (devinterp 2.0.1's
     own `llc_mean` averages the burn-in steps in as well, which biases it toward 0 by the share of
     burn-in; it is kept as `llc_devinterp`.) With `settings.mala_steps`, the MALA acceptance rate of the
-    SGLD proposal is measured on the full dataset (`llc_health.mala_acceptance`).
+    sampler's proposal is measured on one batch (`llc_health.mala_acceptance`; for rmsprop_sgld with its
+    preconditioner held at the checkpoint's, `llc_health.rmsprop_preconditioner`).
     """
     import tempfile
     import warnings
 
     from devinterp.slt.llc import llc
 
-    from analysis.llc_health import mala_acceptance
+    from analysis.llc_health import mala_acceptance, rmsprop_preconditioner
 
     # All weights (masks None): PEFT froze the base, and SGLD only moves parameters that get gradients.
     frozen = [p for p in model.parameters() if not p.requires_grad] if masks is None else []
@@ -337,13 +338,16 @@ def estimate_llc(
             )
             trace = result["loss_trace"].values.tolist()
         acceptance = None
-        if settings.mala_steps > 0 and settings.sampler == "sgld":
+        if settings.mala_steps > 0:
             names = set(masks) if masks is not None else None
             params = [p for n, p in model.named_parameters() if (names is None or n in names) and p.requires_grad]
-            ids = dataset[: len(dataset)]["input_ids"].to(device)
+            ids = dataset[: min(len(dataset), settings.batch_size)]["input_ids"].to(device)
+            precond = None
+            if settings.sampler == "rmsprop_sgld":
+                precond = rmsprop_preconditioner(model, ids, loss_fn, params, steps=settings.burn_in + settings.draws)
             acceptance = mala_acceptance(
                 model, ids, loss_fn, params, lr=settings.lr, n_beta=settings.n_beta, localization=settings.localization,
-                steps=settings.mala_steps, seed=settings.seed,
+                steps=settings.mala_steps, seed=settings.seed, preconditioner=precond,
             )  # fmt: skip
     finally:
         for p in frozen:
@@ -544,8 +548,12 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
     return rows
 
 
-def calibrate(run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: list[float], *, device: str) -> dict[str, Any]:
-    """Grid of lr x n_beta on the first and last checkpoint; table, trace grid and a recommendation.
+def calibrate(
+    run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: list[float], *, device: str,
+    steps: list[int] | None = None, first_healthy: bool = False,
+) -> dict[str, Any]:
+    """Grid of lr x n_beta on `steps` (default the first and last checkpoint); table, trace grid, recommendation.
+    With `first_healthy` the lrs are tried in the order given and each checkpoint's scan stops at the first healthy one.
 
     Steps: estimate every grid point (`calibration_estimates`), draw the trace grid
     (`plot_calibration`), pick a setting (`recommend_setting`), write `calibration.csv` and
@@ -555,7 +563,7 @@ def calibrate(run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: lis
 
     matplotlib.use("Agg")
 
-    steps = sorted({run.adapter_steps()[0], run.adapter_steps()[-1]})
+    steps = steps or sorted({run.adapter_steps()[0], run.adapter_steps()[-1]})
     model, tokenizer = load_model(cfg, device, run)
     probes = ProbeSource(run, cfg, model, tokenizer, base, device)
     masks = lora_groups(model, None)["all"]
@@ -564,19 +572,22 @@ def calibrate(run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: lis
         f"sampler {base.sampler}, {base.chains} chains x {base.burn_in}+{base.draws} steps",
         flush=True,
     )
-    results, traces = calibration_estimates(run, model, probes, masks, base, steps, lrs, n_betas, device=device)
+    results, traces = calibration_estimates(
+        run, model, probes, masks, base, steps, lrs, n_betas, device=device, first_healthy=first_healthy
+    )
     plot_calibration(run, steps, lrs, n_betas, results, traces, run.analysis / "calibration.png")
     rec = recommend_setting(results, base.n_beta)
-    write_calibration(run, steps, results, rec, base)
+    write_calibration(run, steps, results, rec, base, traces)
     print_calibration(steps, results, rec)
     return {"results": results, "recommended": rec}
 
 
 def calibration_estimates(
     run: Any, model: Any, probes: ProbeSource, masks: dict[str, None], base: Settings, steps: list[int],
-    lrs: list[float], n_betas: list[float], *, device: str,
+    lrs: list[float], n_betas: list[float], *, device: str, first_healthy: bool = False,
 ) -> tuple[list[dict[str, Any]], list[list[list[float]]]]:
     """One LLC estimate per checkpoint x lr x n_beta, in that order, with progress and ETA printed.
+    With `first_healthy`, a checkpoint's scan stops at the first lr with a healthy estimate.
 
     Returns the result rows (step, lr, n_beta, llc_mean, llc_std, below_init, mala_acceptance,
     healthy, notes) and, aligned with them, each estimate's per-chain loss traces.
@@ -613,9 +624,11 @@ def calibration_estimates(
                 eta = (time.time() - t0) / k * (total - k)
                 print(
                     f"[{k}/{total}] step {step} lr {lr:g} n_beta {nb:g}: llc {est['llc_mean']:.4g} "
-                    f"{'healthy' if ok else 'UNHEALTHY: ' + why}  (ETA {eta:.0f}s)",
+                    f"{'healthy' if ok else 'UNHEALTHY: ' + why}" + ("" if first_healthy else f"  (ETA {eta:.0f}s)"),
                     flush=True,
                 )
+            if first_healthy and any(r["healthy"] for r in results if r["step"] == step and r["lr"] == lr):
+                break
     return results, traces
 
 
@@ -632,17 +645,17 @@ def plot_calibration(
     from training_with_unsloth.plots import save_figure
 
     fig, axes = plt.subplots(len(lrs), len(n_betas), figsize=(3.6 * len(n_betas), 2.6 * len(lrs)), squeeze=False)
-    points = iter(zip(results, traces, strict=True))
-    for step in steps:
-        for i, lr in enumerate(lrs):
-            for j, nb in enumerate(n_betas):
-                _, chains = next(points)
-                ax = axes[i][j]
-                for trace in chains:
-                    ax.plot(trace, lw=1, color="tab:blue" if step == steps[0] else "tab:orange", label=f"step {step}")
-                healthy = all(r["healthy"] for r in results if r["lr"] == lr and r["n_beta"] == nb)
-                ax.set_title(f"lr {lr:g}, n_beta {nb:g}" + ("" if healthy else " (unhealthy)"), fontsize=8)
-                ax.tick_params(labelsize=6)
+    for r, chains in zip(results, traces, strict=True):  # an early-stopped scan leaves some panels empty
+        i, j = lrs.index(r["lr"]), n_betas.index(r["n_beta"])
+        ax = axes[i][j]
+        for trace in chains:
+            ax.plot(trace, lw=1, color="tab:blue" if r["step"] == steps[0] else "tab:orange", label=f"step {r['step']}")
+    for i, lr in enumerate(lrs):
+        for j, nb in enumerate(n_betas):
+            here = [r for r in results if r["lr"] == lr and r["n_beta"] == nb]
+            status = "" if here and all(r["healthy"] for r in here) else " (unhealthy)" if here else " (not run)"
+            axes[i][j].set_title(f"lr {lr:g}, n_beta {nb:g}{status}", fontsize=8)
+            axes[i][j].tick_params(labelsize=6)
     handles, labels = axes[0][0].get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
     fig.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper right")
@@ -680,7 +693,8 @@ def recommend_setting(results: list[dict[str, Any]], default_n_beta: float | Non
 
 
 def write_calibration(
-    run: Any, steps: list[int], results: list[dict[str, Any]], rec: dict[str, Any] | None, settings: Settings
+    run: Any, steps: list[int], results: list[dict[str, Any]], rec: dict[str, Any] | None, settings: Settings,
+    traces: list[list[list[float]]] | None = None,
 ) -> None:
     """`calibration.csv` (one row per grid point) and `calibration.json` (steps, results, recommendation)."""
     from training_with_unsloth.rundir import atomic_write_json
@@ -688,7 +702,7 @@ def write_calibration(
     write_csv(run.analysis / "calibration.csv", [{**r, "step": r["step"]} for r in results])
     atomic_write_json(
         run.analysis / "calibration.json",
-        {"steps": steps, "settings": _calibration_key(settings), "results": results, "recommended": rec},
+        {"steps": steps, "settings": _calibration_key(settings), "results": results, "recommended": rec, "traces": traces},
     )
 
 
@@ -821,7 +835,7 @@ def _run(args: argparse.Namespace) -> int:
     missing = [s for s in steps if s not in available]
     if missing:
         raise UserError(f"--checkpoints {missing}: no such adapter checkpoints; the run has {available}")
-    settings = choose_settings(run, cfg, settings, args, n_betas, device=device)
+    settings = choose_settings(run, cfg, settings, args, device=device)
     run_llc(run, cfg, settings, steps, device=device, force=args.force)
     print(f"wrote {run.analysis / 'llc.csv'} and {run.analysis / 'llc_traces.png'}")
     if not args.no_figure:
@@ -832,9 +846,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def choose_settings(
-    run: Any, cfg: Any, settings: Settings, args: argparse.Namespace, n_betas: list[float], *, device: str
-) -> Settings:
+def choose_settings(run: Any, cfg: Any, settings: Settings, args: argparse.Namespace, *, device: str) -> Settings:
     """The settings to run: the command line's lr; else the lr and n_beta recorded in `llc_settings.json`
     when everything else matches; else a calibration's recommendation (run now unless --no-calibrate)."""
     if args.lr is not None or args.no_calibrate:
@@ -857,8 +869,16 @@ def choose_settings(
             if rec:
                 print(f"lr {rec['lr']:g}, n_beta {rec['n_beta']:.3g}: recommended by {calib_path} ({rec.get('reason', '')})")
     if rec is None and not (calib_path.is_file() and data.get("settings") == _calibration_key(settings)):
-        print("no recorded LLC settings for this run: calibrating first (--no-calibrate to skip, --lr to choose)", flush=True)
-        rec = calibrate(run, cfg, settings, args.lr_grid, n_betas, device=device)["recommended"]
+        last = run.adapter_steps()[-1]
+        lrs = sorted(args.lr_grid, reverse=True)
+        print(
+            f"no recorded LLC settings for this run: calibrating first, the largest healthy lr of {lrs} on the last "
+            f"checkpoint ({last}) (--no-calibrate to skip, --lr to choose, --calibrate for the full lr x n_beta grid)",
+            flush=True,
+        )
+        rec = calibrate(
+            run, cfg, settings, lrs, [settings.n_beta], device=device, steps=[last], first_healthy=True
+        )["recommended"]
     if rec is None:
         print(
             f"warning: no calibrated setting was healthy on the first and last checkpoint; using lr {settings.lr:g}, "

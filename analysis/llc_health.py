@@ -17,13 +17,19 @@ MAX_CHAIN_SPREAD = 0.30
 # ... when more of the draws sit below the checkpoint's own loss than this: SGLD is descending, so the
 # checkpoint is no local minimum of the probe loss and the LLC (a rise above it) is biased low.
 MAX_BELOW_INIT = 0.5
-# ... when the sampler's proposal would be accepted less often than this by a Metropolis-Hastings step:
-# the step size is too large for the curvature and the chain is not sampling the tempered posterior.
+# Below this MALA acceptance the notes say so: a Metropolis-Hastings step would reject most of the
+# sampler's moves, so its draws follow the tempered posterior only approximately (discretisation bias).
+# Not a health failure: in millions of LoRA dimensions no step that settles within a CPU budget reaches
+# it (docs/analysis.md), and the estimate stays comparable across checkpoints at fixed settings.
 MIN_MALA_ACCEPTANCE = 0.5
 
 
 def health(est: dict[str, Any], burn_in: int, max_drift: float) -> tuple[bool, str]:
-    """Whether an estimate can be trusted, and the notes: why not, then share below init and acceptance."""
+    """Whether an estimate can be trusted, and the notes: why not, then share below init and acceptance.
+
+    Healthy: every chain's LLC positive and finite, every trace settled after burn-in, chains that
+    agree (std across chains at most 30% of the mean) and at most half the draws below the init loss.
+    """
     problems = list(est.get("failures", []))
     per_chain = est["per_chain"]
     for i, value in enumerate(per_chain):
@@ -45,15 +51,14 @@ def health(est: dict[str, Any], burn_in: int, max_drift: float) -> tuple[bool, s
             "(use the checkpoint's own completions, --probe self)"
         )
     acceptance = est.get("mala_acceptance")
-    if acceptance is not None and math.isfinite(acceptance) and acceptance < MIN_MALA_ACCEPTANCE:
-        problems.append(f"MALA acceptance {acceptance:.2f} below {MIN_MALA_ACCEPTANCE}: lr too large")
     if not math.isfinite(est["llc_mean"]):
         problems.append("LLC is NaN")
     figures = []
     if below is not None:
         figures.append(f"below init {below:.0%}")
     if acceptance is not None and math.isfinite(acceptance):
-        figures.append(f"MALA acceptance {acceptance:.2f}")
+        low = " (low: approximate posterior, compare at fixed settings)" if acceptance < MIN_MALA_ACCEPTANCE else ""
+        figures.append(f"MALA acceptance {acceptance:.2f}{low}")
     if spread is not None:
         figures.append(f"chain spread {spread:.0%}")
     return not problems, "; ".join(problems + figures)
@@ -62,23 +67,23 @@ def health(est: dict[str, Any], burn_in: int, max_drift: float) -> tuple[bool, s
 def unsettled(draws: Sequence[float], init_loss: float, max_drift: float) -> str | None:
     """Why a chain's post-burn-in trace has not settled, or None when it has.
 
-    Settled: the mean of the last quarter of draws is within `max_drift` of the loss rise (mean of the
-    second half minus the init loss) of the second quarter's mean, or within the noise of those two
-    means. The noise counts the draws' autocorrelation (lag-1 effective sample size), so a slowly
-    mixing but stationary chain is not called unsettled.
+    Settled: the means of the first and second half of the draws differ by at most `max_drift` of
+    the loss rise (mean of the second half minus the init loss), or by at most three standard errors
+    of that difference. The standard errors count the draws' autocorrelation (lag-1 effective sample
+    size), so a slowly mixing but stationary chain is not called unsettled; three of them keep the
+    false alarms rare when a run's every chain and checkpoint is tested (about 0.3% each).
     """
     draws = [x for x in draws if math.isfinite(x)]
     if len(draws) < 8:
         return "has too few finite draws to judge its trace"
-    q = len(draws) // 4
-    second, last = draws[q : 2 * q], draws[-q:]
-    half = draws[len(draws) // 2 :]
-    rise = abs(_mean(half) - init_loss)
-    drift = abs(_mean(last) - _mean(second))
-    n_eff = max(2.0, effective_size(draws) / 4)
-    noise = 2 * math.sqrt((_var(second) + _var(last)) / n_eff)
+    h = len(draws) // 2
+    first, second = draws[:h], draws[-h:]
+    rise = abs(_mean(second) - init_loss)
+    drift = abs(_mean(second) - _mean(first))
+    n_eff = max(2.0, effective_size(draws) / 2)
+    noise = 3 * math.sqrt((_var(first) + _var(second)) / n_eff)
     if drift > max(max_drift * rise, noise):
-        return f"trace not settled (last-quarter mean moved {drift:.3g}; loss rise {rise:.3g}, noise {noise:.3g})"
+        return f"trace not settled (second-half mean moved {drift:.3g}; loss rise {rise:.3g}, noise {noise:.3g})"
     return None
 
 
@@ -123,7 +128,7 @@ def _var(xs: Sequence[float]) -> float:
 
 def mala_acceptance(
     model: Any, input_ids: Any, loss_fn: Any, params: Sequence[Any], *, lr: float, n_beta: float, localization: float,
-    steps: int, seed: int,
+    steps: int, seed: int, preconditioner: Sequence[Any] | None = None,
 ) -> float:
     """Mean Metropolis-Hastings acceptance probability of SGLD's Langevin proposal along a short chain.
 
@@ -132,6 +137,8 @@ def mala_acceptance(
     full batch `input_ids`), with U(w) = n_beta L(w) + localization/2 |w - w0|^2 the potential SGLD
     samples. Each step records min(1, exp(U(w) - U(w') + log q(w | w') - log q(w' | w))) and moves
     to w' (unadjusted, as SGLD does). `params` are the sampled tensors; they are restored afterwards.
+    With `preconditioner` (one tensor G per parameter, held fixed), the proposal is the preconditioned
+    one, w' = w - lr/2 G grad U(w) + sqrt(lr G) N(0, 1), as devinterp's rmsprop_sgld steps.
     """
     import torch
 
@@ -145,6 +152,7 @@ def mala_acceptance(
         grads = torch.autograd.grad(u, ps)
         return float(u.detach()), [g.detach() for g in grads]
 
+    gs = list(preconditioner) if preconditioner is not None else [None] * len(params)
     rates = []
     try:
         u, grad = potential(params)
@@ -152,15 +160,23 @@ def mala_acceptance(
             old = [p.detach().clone() for p in params]
             noise = [torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) for p in params]
             with torch.no_grad():
-                for p, g, z in zip(params, grad, noise, strict=True):
-                    p.add_(g, alpha=-0.5 * lr).add_(z, alpha=lr**0.5)
+                for p, g, z, c in zip(params, grad, noise, gs, strict=True):
+                    if c is None:
+                        p.add_(g, alpha=-0.5 * lr).add_(z, alpha=lr**0.5)
+                    else:
+                        p.add_(c * g, alpha=-0.5 * lr).add_(c.sqrt() * z, alpha=lr**0.5)
             u_new, grad_new = potential(params)
-            # log q(w' | w) = -|w' - w + lr/2 grad(w)|^2 / (2 lr) = -|z|^2 / 2; log q(w | w') likewise with grad(w')
-            forward = sum(float((z**2).sum()) for z in noise) / 2
-            backward = sum(
-                float(((o.double() - p.detach().double() + 0.5 * lr * g.double()) ** 2).sum())
-                for o, p, g in zip(old, params, grad_new, strict=True)
-            ) / (2 * lr)
+            # log q(w' | w) = -|w' - w + lr/2 G grad(w)|^2_{G^-1} / (2 lr) = -|z|^2 / 2; log q(w | w') with grad(w')
+            forward = sum(float((z.double() ** 2).sum()) for z in noise) / 2
+            backward = 0.0
+            for o, p, g, c in zip(old, params, grad_new, gs, strict=True):
+                step = o.double() - p.detach().double()
+                if c is None:
+                    backward += float(((step + 0.5 * lr * g.double()) ** 2).sum())
+                else:
+                    c = c.double()
+                    backward += float(((step + 0.5 * lr * c * g.double()) ** 2 / c).sum())
+            backward /= 2 * lr
             log_ratio = u - u_new - backward + forward
             rates.append(1.0 if log_ratio >= 0 else math.exp(log_ratio))
             u, grad = u_new, grad_new
@@ -169,3 +185,16 @@ def mala_acceptance(
             for p, s in zip(params, start, strict=True):
                 p.copy_(s)
     return _mean(rates) if rates else float("nan")
+
+
+def rmsprop_preconditioner(
+    model: Any, input_ids: Any, loss_fn: Any, params: Sequence[Any], *, steps: int, alpha: float = 0.99, eps: float = 0.1
+) -> list[Any]:
+    """devinterp's RMSprop preconditioner G = 1 / (sqrt(V) + eps) midway through a chain of `steps` steps,
+    taking the loss gradient as the checkpoint's throughout: V = (1 - alpha^(steps/2)) (grad L)^2."""
+    import torch
+
+    loss = loss_fn(model, input_ids).float().mean()
+    grads = torch.autograd.grad(loss, list(params))
+    scale = 1 - alpha ** (steps / 2)
+    return [1.0 / ((scale * g.detach() ** 2).sqrt() + eps) for g in grads]

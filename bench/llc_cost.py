@@ -38,7 +38,7 @@ def main() -> int:
     )
     model, tokenizer = llc.load_model(cfg, args.device)
     llc.swap_adapter(model, run.adapter_dir(step))
-    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, args.device)
+    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, args.device, step=step)
     lora = llc.lora_groups(model, None)["all"]
     n_lora = sum(p.numel() for n, p in model.named_parameters() if n in lora)
     n_all = sum(p.numel() for p in model.parameters())

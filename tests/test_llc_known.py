@@ -23,7 +23,9 @@ N = 1024  # samples; one full batch, so n_beta = n / ln n (llc.py's default) and
 K = 5  # features; nn.Linear(K, 1) with its bias: d = K + 1 = 6 parameters
 SIGMA = 0.5
 # lr * n_beta / sigma^2 ~ 0.18 (curvature of every direction): chains mix in ~5 steps, step error ~ +5%.
-SETTINGS = llc.Settings(lr=3e-4, localization=1.0, chains=4, draws=1000, burn_in=100, batch_size=N, seed=0)
+SETTINGS = llc.Settings(
+    lr=3e-4, localization=1.0, chains=4, draws=1000, burn_in=100, batch_size=N, seed=0, sampler="sgld", mala_steps=0
+)
 
 
 def regression(seed: int = 0):
