@@ -311,3 +311,33 @@ def test_calibration_figure_takes_an_early_stopped_scan(tmp_path):
     traces = [[[1.0, 1.2, 1.3]] * 2, [[1.0, 1.1, 1.1]] * 2]
     out = llc.plot_calibration(run, [9], [1e-3, 3e-4, 1e-4], [2.0], results, traces, tmp_path / "calibration.png")
     assert out.is_file() and out.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_without_lr_it_calibrates_first_then_reuses_the_recorded_setting(run_copy, capsys):
+    small = ["--chains", "2", "--draws", "8", "--burn-in", "2", "--num-probes", "2", "--no-figure", "--checkpoints", "4"]
+    assert llc.main(["--run", str(run_copy), *small, "--lr-grid", "1e-4,1e-5"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrating first, the largest healthy lr of [0.0001, 1e-05]" in out
+    calib = json.loads((run_copy / "analysis" / "calibration.json").read_text())
+    assert calib["results"][0]["lr"] == 1e-4 and len(calib["traces"]) == len(calib["results"]) <= 2
+    assert [int(r["step"]) for r in rows(run_copy / "analysis" / "llc.csv")] == [4]
+    used = json.loads((run_copy / "analysis" / "llc_settings.json").read_text())["lr"]
+    if calib["recommended"] is not None:
+        assert used == calib["recommended"]["lr"] and "recommended:" in out
+    else:
+        assert used == llc.Settings.lr and "warning: no calibrated setting was healthy" in out
+    assert llc.main(["--run", str(run_copy), *small[:-2], "--checkpoints", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "recorded in" in out and "calibrating" not in out
+    assert [int(r["step"]) for r in rows(run_copy / "analysis" / "llc.csv")] == [2, 4]
+
+
+@pytest.mark.slow
+def test_no_calibrate_uses_the_default_lr(run_copy, capsys):
+    args = ["--run", str(run_copy), "--chains", "1", "--draws", "8", "--burn-in", "2", "--num-probes", "2",
+            "--no-figure", "--checkpoints", "4", "--no-calibrate"]  # fmt: skip
+    assert llc.main(args) == 0
+    assert "defaults (--no-calibrate)" in capsys.readouterr().out
+    assert not (run_copy / "analysis" / "calibration.json").exists()
+    assert json.loads((run_copy / "analysis" / "llc_settings.json").read_text())["lr"] == llc.Settings.lr
