@@ -856,19 +856,17 @@ def choose_settings(run: Any, cfg: Any, settings: Settings, args: argparse.Names
     recorded_path = run.analysis / "llc_settings.json"
     if recorded_path.is_file():
         recorded = json.loads(recorded_path.read_text())
-        same = {k: v for k, v in asdict(settings).items() if k not in ("lr", "n_beta")}
+        same = _calibration_key(settings)
         if {k: recorded.get(k) for k in same} == same and args.n_beta is None:
             print(f"lr {recorded['lr']:g}, n_beta {recorded['n_beta']:.3g}: recorded in {recorded_path}")
             return replace(settings, lr=recorded["lr"], n_beta=recorded["n_beta"])
     calib_path = run.analysis / "calibration.json"
-    rec = None
-    if calib_path.is_file():
-        data = json.loads(calib_path.read_text())
-        if data.get("settings") == _calibration_key(settings):
-            rec = data.get("recommended")
-            if rec:
-                print(f"lr {rec['lr']:g}, n_beta {rec['n_beta']:.3g}: recommended by {calib_path} ({rec.get('reason', '')})")
-    if rec is None and not (calib_path.is_file() and data.get("settings") == _calibration_key(settings)):
+    calibrated = json.loads(calib_path.read_text()) if calib_path.is_file() else {}
+    if calibrated.get("settings") == _calibration_key(settings):  # a calibration of these settings: use it
+        rec = calibrated.get("recommended")
+        if rec:
+            print(f"lr {rec['lr']:g}, n_beta {rec['n_beta']:.3g}: recommended by {calib_path} ({rec.get('reason', '')})")
+    else:
         last = run.adapter_steps()[-1]
         lrs = sorted(args.lr_grid, reverse=True)
         print(
