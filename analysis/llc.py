@@ -106,24 +106,16 @@ def load_model(cfg: Any, device: str, run: Any | None = None):
     whose tensor names do not depend on the base's quantization (`swap_adapter` checks each one).
     """
     from training_with_unsloth.models import backends
-    from training_with_unsloth.models.prequantized import cpu_base, is_prequantized
+    from training_with_unsloth.session import model_for_device
 
     cuda = device.startswith("cuda")
     backend = "unsloth" if cuda and backends.resolve_backend(cfg.model.backend) == "unsloth" else "transformers"
     backends.offline_environment(cfg.model.download)
     backends.prepare(backend)
-    model_cfg = cfg.model
-    if not cuda and is_prequantized(model_cfg.name):
-        base = cpu_base(model_cfg.name, allow_download=model_cfg.download)
+    model_cfg, note = model_for_device(cfg.model, cuda)
+    if note:
         revision = _trained_revision(run)
-        print(
-            f"note: {model_cfg.name} is pre-quantized (bitsandbytes, CUDA only); on the CPU its adapters are loaded "
-            f"onto the 16-bit base {base}" + (f" (training used revision {revision} of {model_cfg.name})" if revision else "")
-        )
-        model_cfg = model_cfg.model_copy(update={"name": base, "load_in_4bit": False})
-    elif model_cfg.load_in_4bit and not cuda:
-        print("note: the run used a 4-bit base; on the CPU its adapters are loaded onto the 16-bit base weights")
-        model_cfg = model_cfg.model_copy(update={"load_in_4bit": False})
+        print(f"note: {note}" + (f" (training used revision {revision} of {cfg.model.name})" if revision else ""))
     loaded = backends.load(model_cfg, backend, seed=cfg.seed, gradient_checkpointing=False)
     model = loaded.model
     # quantized weights are placed on the GPU at load and refuse .to()
@@ -152,20 +144,9 @@ def _trained_revision(run: Any | None) -> str | None:
 
 def swap_adapter(model: Any, adapter_dir: Path) -> None:
     """Load a snapshot's LoRA weights into the live adapter, checking every LoRA tensor is replaced."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from training_with_unsloth.checkpoints import load_weights
 
-    from training_with_unsloth.errors import UserError
-
-    weights = load_file(adapter_dir / "adapter_model.safetensors")
-    result = set_peft_model_state_dict(model, weights)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
-    if unexpected or missing:
-        raise UserError(
-            f"{adapter_dir} does not match the run's LoRA config "
-            f"({len(unexpected)} unexpected, {len(missing)} missing tensors, e.g. {(unexpected or missing)[0]})"
-        )
+    load_weights(model, adapter_dir)
 
 
 def lora_groups(model: Any, restrict: str | None) -> dict[str, dict[str, None]]:

@@ -282,7 +282,7 @@ def _draw_passk(ax, passk: dict[str, Series]) -> None:
     ax.set_ylim(-0.03, 1.03)
 
 
-def build_combined_figure(run_dir: str | Path | RunDir | RunData) -> Figure:
+def build_combined_figure(run_dir: str | Path | RunDir | RunData, smooth: int | None = None) -> Figure:
     """The stacked figure: [LLC] / rewards / pass@k on one step axis, windows shaded on every panel.
 
     Panels without data are left out; each axis has a title (`panel_titles` lists them).
@@ -292,7 +292,7 @@ def build_combined_figure(run_dir: str | Path | RunDir | RunData) -> Figure:
     if data.llc is not None and np.isfinite(data.llc.mean).any():
         panels.append((LLC_TITLE, lambda ax: _draw_llc(ax, data.llc), 1.2))
     if data.rewards:
-        panels.append((REWARD_TITLE, lambda ax: _draw_rewards(ax, data.rewards), 1.0))
+        panels.append((REWARD_TITLE, lambda ax: _draw_rewards(ax, data.rewards, smooth), 1.0))
     if data.passk:
         panels.append((PASSK_TITLE, lambda ax: _draw_passk(ax, data.passk), 0.9))
     fig = Figure(figsize=(10, 2.2 + 2.6 * max(len(panels), 1)), layout="constrained")
@@ -325,13 +325,13 @@ def build_combined_figure(run_dir: str | Path | RunDir | RunData) -> Figure:
     return fig
 
 
-def build_rewards_figure(run_dir: str | Path | RunDir | RunData) -> Figure:
-    """All reward components and the total on one axis: raw (thin) and smoothed (thick)."""
+def build_rewards_figure(run_dir: str | Path | RunDir | RunData, smooth: int | None = None) -> Figure:
+    """All reward components and the total on one axis: raw (thin) and smoothed (thick; over `smooth` points)."""
     data = run_dir if isinstance(run_dir, RunData) else load_run(run_dir, detect=False)
     fig = Figure(figsize=(9, 4.8), layout="constrained")
     ax = fig.add_subplot()
     if data.rewards:
-        _draw_rewards(ax, data.rewards)
+        _draw_rewards(ax, data.rewards, smooth)
         handles, labels = ax.get_legend_handles_labels()
         handles += [Line2D([], [], color="grey", lw=0.7, alpha=0.5), Line2D([], [], color="grey", lw=2)]
         labels += ["raw", "smoothed (local linear)"]
@@ -381,16 +381,24 @@ def panel_titles(fig: Figure) -> list[str]:
     return [t for ax in fig.axes if ax.get_visible() and ax.axison and (t := ax.get_title(loc="left") or ax.get_title())]
 
 
-def plot_run(run_dir: str | Path | RunDir) -> list[Path]:
-    """Write combined.png, rewards.png and (with eval conditions) accuracy_grid.png to <run>/analysis/."""
+def plot_run(run_dir: str | Path | RunDir, smooth: int | None = None) -> list[Path]:
+    """Write combined.png, rewards.png and (with eval conditions) accuracy_grid.png to <run>/analysis/.
+
+    With `smooth` N, the reward curves are smoothed over N points and the training figures in <run>/plots/ are
+    redrawn from metrics.jsonl with every training curve a moving mean over N logged steps.
+    """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if not run.path.is_dir():
         raise FileNotFoundError(f"no such run directory: {run.path}")
     data = load_run(run)
     written = [
-        save_figure(build_combined_figure(data), run.analysis / "combined.png", dpi=DPI),
-        save_figure(build_rewards_figure(data), run.analysis / "rewards.png", dpi=DPI),
+        save_figure(build_combined_figure(data, smooth), run.analysis / "combined.png", dpi=DPI),
+        save_figure(build_rewards_figure(data, smooth), run.analysis / "rewards.png", dpi=DPI),
     ]
+    if smooth is not None:
+        from training_with_unsloth.plots import plot_run as plot_training
+
+        written += plot_training(run, smooth=smooth)
     grid = build_accuracy_grid(data)
     if grid is not None:
         written.append(save_figure(grid, run.analysis / "accuracy_grid.png", dpi=DPI))
@@ -404,14 +412,21 @@ def main(argv: list[str] | None = None) -> int:
         "into <run>/analysis/ at 200 dpi.",
     )
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (metrics.jsonl, eval/, analysis/llc.csv)")
+    p.add_argument(
+        "--smooth", type=int, metavar="N",
+        help="also redraw every training figure in <run>/plots/ with training curves as moving means over N logged "
+        "steps (and smooth the combined figure's rewards over N points)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.smooth is not None and args.smooth < 1:
+        p.error("--smooth must be at least 1")
     return run_main(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
     """Draw the figures and print each path written."""
     try:
-        written = plot_run(args.run)
+        written = plot_run(args.run, smooth=args.smooth)
     except (OSError, SeriesError, ValueError) as e:
         raise UserError(str(e)) from None
     for path in written:

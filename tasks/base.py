@@ -44,6 +44,13 @@ class Task(ABC):
         """
         return None
 
+    def row_from_fields(self, fields: dict[str, str]) -> dict[str, Any]:
+        """One problem built from named fields given on a command line (`infer.py --task countdown --nums 4,7,3
+        --target 25`), as an eval row: the task's own prompt and the columns its checker and rewards read."""
+        from rewards.errors import UserError
+
+        raise UserError(f"task '{self.name}' cannot build a problem from --field values: ask a QUESTION instead")
+
     @property
     def uses_progress(self) -> bool:
         """Whether training prompts depend on ``set_progress`` (then data loading must stay in-process)."""
@@ -55,3 +62,32 @@ class Task(ABC):
         Tasks whose training prompts follow a schedule (Countdown's ``mix_oneshot``) override this
         and read it in a ``Dataset.set_transform`` of their train set; the default ignores it.
         """
+
+
+def int_list(fields: dict[str, str], key: str, task: str) -> list[int]:
+    """`fields[key]` as comma-separated integers (a command-line problem field), or a one-line error."""
+    from rewards.errors import UserError
+
+    text = fields.get(key)
+    if text is None:
+        raise UserError(f"task '{task}' needs --{key} (comma-separated integers, e.g. --{key} 4,7,3)")
+    try:
+        values = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--{key} '{text}': give comma-separated integers, e.g. --{key} 4,7,3") from None
+    if not values or len(values) > 20 or any(abs(v) > 10**9 for v in values):
+        raise UserError(f"--{key} '{text}': give 1 to 20 integers of at most 10^9")
+    return values
+
+
+def one_int(fields: dict[str, str], key: str, task: str) -> int:
+    """`fields[key]` as one integer, or a one-line error."""
+    from rewards.errors import UserError
+
+    text = fields.get(key)
+    if text is None:
+        raise UserError(f"task '{task}' needs --{key} (an integer)")
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--{key} '{text}' is not an integer") from None

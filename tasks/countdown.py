@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rewards.countdown import NATURAL, is_countdown_solution
 from rewards.errors import ConfigError
-from tasks.base import Task
+from tasks.base import Task, int_list, one_int
 from tasks.data import load_table
 from tasks.registry import register
 from tasks.sampling import Problem, draw_split, normalise_operators
@@ -354,6 +354,13 @@ class Countdown(Task):
         if row.get("prompt_format", self.params.prompt_format) == NATURAL:
             return f"{solution} = {target}"
         return f"<think>\nUsing {nums}: {solution} = {target}.\n</think>\n<answer>{solution}</answer>"
+
+    def row_from_fields(self, fields: dict[str, str]) -> dict[str, Any]:
+        """A problem from the command line: `--nums 4,7,3 --target 25`, in the task's `prompt_format`."""
+        nums, target = int_list(fields, "nums", self.name), one_int(fields, "target", self.name)
+        solution = solve(nums, target, self.params.operators)  # None: no solution exists (the answer is then never right)
+        problem = {"nums": nums, "target": target, "solution": solution, "problem_id": problem_id(nums, target)}
+        return self._row(problem, self.params.prompt_format)
 
     @property
     def uses_progress(self) -> bool:

@@ -6,10 +6,10 @@ import random
 from typing import Any, Literal
 
 import datasets
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.parsing import last_number
-from tasks.base import Task
+from tasks.base import Task, int_list
 from tasks.registry import register
 from tasks.sampling import Problem, draw_split
 
@@ -32,6 +32,18 @@ class SmallSumsParams(BaseModel):
         description="the prompt's last sentence: 'Reply with just the number.' (`number`) or \"End your reply with "
         "'The answer is N.'\" (`answer_is`, where a model that writes the sum out first answers more often right)",
     )
+    eval_instructions: list[Literal["number", "answer_is"]] | None = Field(
+        None,
+        description="distinct instructions to evaluate each eval problem under, once per instruction, reported per "
+        "instruction as conditions (training keeps `instruction`); unset: `instruction` only",
+    )
+
+    @field_validator("eval_instructions")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) < len(value)):
+            raise ValueError("eval_instructions must list distinct instructions, or be left out")
+        return value
 
     @model_validator(mode="after")
     def _space(self) -> SmallSumsParams:
@@ -61,6 +73,12 @@ class SmallSums(Task):
     def build(self, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
         p = self.params
         train, eval_ = draw_split(self.name, self._draw, seed, p.eval_size, p.train_size)
+        if p.eval_instructions is not None:  # problem-major, so the first N rows keep every instruction
+            eval_ = [
+                {**row, "prompt": _prompt(_terms(row), ins), "condition": ins, "problem_id": f"{row['problem_id']}/{ins}"}
+                for row in eval_
+                for ins in p.eval_instructions
+            ]
         return datasets.Dataset.from_list(train), datasets.Dataset.from_list(eval_)
 
     def is_correct(self, completion: str, row: dict[str, Any]) -> bool:
@@ -78,9 +96,22 @@ class SmallSums(Task):
     def _draw(self, rng: random.Random) -> Problem:
         p = self.params
         terms = [rng.randint(p.min_operand, p.max_operand) for _ in range(p.num_terms)]
-        text = " + ".join(map(str, terms))
         return {
-            "prompt": [{"role": "user", "content": f"What is {text}? {INSTRUCTIONS[p.instruction]}"}],
+            "prompt": _prompt(terms, p.instruction),
             "answer": sum(terms),
             "problem_id": "+".join(map(str, terms)),
         }
+
+    def row_from_fields(self, fields: dict[str, str]) -> dict[str, Any]:
+        """A problem from the command line: `--terms 4,7,3` (under the task's `instruction`)."""
+        terms = int_list(fields, "terms", self.name)
+        return {"prompt": _prompt(terms, self.params.instruction), "answer": sum(terms), "problem_id": "+".join(map(str, terms))}
+
+
+def _terms(row: dict[str, Any]) -> list[int]:
+    return [int(t) for t in str(row["problem_id"]).split("+")]
+
+
+def _prompt(terms: list[int], instruction: str) -> list[dict[str, str]]:
+    text = " + ".join(map(str, terms))
+    return [{"role": "user", "content": f"What is {text}? {INSTRUCTIONS[instruction]}"}]

@@ -24,6 +24,10 @@ SCRIPTS = {
     "grpo-phases": "analysis.phases:main",
     "grpo-plot": "analysis.plot_run:main",
     "grpo-compare": "analysis.compare_evals:main",
+    "grpo-eval": "experiments.evaluate:main",
+    "grpo-infer": "experiments.infer:main",
+    "grpo-export": "experiments.export:main",
+    "grpo-compare-runs": "analysis.compare_runs:main",
 }
 
 
@@ -160,7 +164,8 @@ def test_analysis_commands_share_the_error_line(tmp_path, capsys):
 def test_the_command_line_modules_import_no_trainer_stack():
     """Parsing a command line must not pull in TRL/transformers/torch: Unsloth is imported first, later."""
     code = (
-        "import sys, training_with_unsloth.cli, training_with_unsloth.config_files, experiments.run_experiment; "
+        "import sys, training_with_unsloth.cli, training_with_unsloth.config_files, experiments.run_experiment, "
+        "experiments.evaluate, experiments.infer, experiments.export, analysis.compare_runs; "
         "print(sorted(m for m in ('torch', 'trl', 'transformers', 'peft', 'unsloth') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -158,3 +158,13 @@ def test_intervals_are_drawn_as_bands(tmp_path):
     fig = build_combined_figure(run)
     ax = next(a for a in fig.axes if a.get_title(loc="left") == PASSK_TITLE)
     assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == 2  # pass@1 and greedy pass@1
+
+
+def test_smooth_records_is_a_centred_moving_mean_per_series():
+    from training_with_unsloth.plots import smooth_records
+
+    train = [{"step": s, "kind": "train", "reward": float(s), **({"kl": 1.0} if s % 2 else {})} for s in range(1, 6)]
+    out = smooth_records(train, 3)
+    assert [r["reward"] for r in out] == [1.5, 2.0, 3.0, 4.0, 4.5]
+    assert [r.get("kl") for r in out] == [1.0, None, 1.0, None, 1.0] and [r["step"] for r in out] == [1, 2, 3, 4, 5]
+    assert train[0]["reward"] == 1.0  # the input is left alone

@@ -204,6 +204,7 @@ def test_small_sums_rows(sums_split):
         "train_size": 2000,
         "eval_size": 24,
         "instruction": "number",
+        "eval_instructions": None,
     }
     train, eval_ = sums_split
     assert (len(train), len(eval_)) == (2000, 24)
@@ -282,3 +283,35 @@ def test_small_sums_largest_eval_size():
     train, eval_ = tasks.get("small_sums", eval_size=73, train_size=100).build(seed=0)
     assert len(set(eval_["problem_id"])) == 73
     assert len(set(train["problem_id"])) == 8
+
+
+def test_small_sums_eval_instructions_give_one_row_per_instruction():
+    import tasks
+
+    task = tasks.get("small_sums", eval_size=3, eval_instructions=["number", "answer_is"])
+    _, eval_ds = task.build(1)
+    plain = tasks.get("small_sums", eval_size=3).build(1)[1]
+    assert len(eval_ds) == 6 and [r["condition"] for r in eval_ds][:2] == ["number", "answer_is"]
+    assert eval_ds[0]["answer"] == plain[0]["answer"] and eval_ds[0]["problem_id"] == f"{plain[0]['problem_id']}/number"
+    assert eval_ds[1]["prompt"][0]["content"].endswith("'The answer is N.'")
+    assert eval_ds[0]["prompt"][0]["content"].endswith("Reply with just the number.")
+
+
+def test_row_from_fields_renders_the_tasks_own_prompt():
+    import pytest
+
+    import tasks
+    from rewards.errors import UserError
+
+    row = tasks.get("small_sums", instruction="answer_is").row_from_fields({"terms": "17,25"})
+    assert row["answer"] == 42 and row["prompt"][0]["content"] == "What is 17 + 25? End your reply with 'The answer is N.'"
+    countdown = tasks.get("countdown")
+    row = countdown.row_from_fields({"nums": "4,7,3", "target": "25"})
+    assert row["nums"] == [4, 7, 3] and row["target"] == 25 and "4, 7, 3" in row["prompt"][-1]["content"]
+    assert countdown.is_correct("<answer>4 * 7 - 3</answer>", row)
+    with pytest.raises(UserError, match="needs --target"):
+        countdown.row_from_fields({"nums": "4,7,3"})
+    with pytest.raises(UserError, match="comma-separated integers"):
+        countdown.row_from_fields({"nums": "4,x", "target": "1"})
+    with pytest.raises(UserError, match="cannot build a problem"):
+        tasks.get("arithmetic").row_from_fields({})

@@ -94,6 +94,12 @@ class ModelConfig(_Section):
         False, description="allow downloading a hub model that is not cached (otherwise a one-line error saying how to fetch it)"
     )
     lora: LoraConfig = Field(LoraConfig(), description="the LoRA adapter")
+    init_adapter: str | None = Field(
+        None,
+        description="start from these LoRA weights instead of a fresh adapter: a run's `checkpoints/best` or "
+        "`checkpoints/adapter-<step>`, a run directory (its best), or a PEFT adapter folder; its rank, alpha and "
+        "target modules must be `lora`'s (the KL reference stays the base model)",
+    )
 
 
 class TaskConfig(BaseModel):

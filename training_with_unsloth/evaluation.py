@@ -73,9 +73,9 @@ def _ci(interval: tuple[float, float]) -> list[float]:
 
 
 def _per_condition(
-    rows: list[dict[str, Any]], correct: list[list[bool]], greedy_correct: list[bool] | None, n: int
+    rows: list[dict[str, Any]], correct: list[list[bool]], greedy_correct: list[bool] | None, n: int, ks: Sequence[int] = ()
 ) -> dict[str, Any]:
-    """`eval/condition/<c>/sample_accuracy` (and `/greedy_pass@1`) for rows that carry a `condition`,
+    """`eval/condition/<c>/sample_accuracy`, `/pass@<k>` (and `/greedy_pass@1`) for rows that carry a `condition`,
     each with its 95% interval (`..._ci`: bootstrap over the condition's problems; Wilson for greedy)."""
     groups: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
@@ -85,6 +85,10 @@ def _per_condition(
     for cond, idx in sorted(groups.items()):
         out[f"eval/condition/{cond}/sample_accuracy"] = sum(sum(correct[i]) for i in idx) / (len(idx) * n)
         out[f"eval/condition/{cond}/sample_accuracy_ci"] = _ci(bootstrap_mean_ci([sum(correct[i]) / n for i in idx]))
+        for k in ks:
+            per = per_problem_pass_at_k([correct[i] for i in idx], k)
+            out[f"eval/condition/{cond}/pass@{k}"] = sum(per) / len(per)
+            out[f"eval/condition/{cond}/pass@{k}_ci"] = _ci(bootstrap_mean_ci(per))
         if greedy_correct is not None:
             solved = sum(greedy_correct[i] for i in idx)
             out[f"eval/condition/{cond}/greedy_pass@1"] = solved / len(idx)
@@ -113,6 +117,16 @@ class EvalScores:
     answers: list[list[str | None]] | None = None  # the task's answer_key per sample (None: no canonical form)
 
 
+def seeded_evaluate(evaluator: PassKEvaluator, generator: Generator, step: int, seed: int) -> dict[str, Any]:
+    """`evaluator.evaluate` under its own RNG, seeded by the run's seed and the step: training-time Pass@K and
+    `evaluate.py` on the same checkpoint draw the same samples; training's own RNG is neither used nor moved."""
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed * 1_000_003 + step)
+        return evaluator.evaluate(generator, step)
+
+
 class PassKEvaluator:
     """Samples `num_samples` completions (plus one greedy) per held-out problem and scores them."""
 
@@ -134,6 +148,12 @@ class PassKEvaluator:
         self.cfg = cfg
         self.max_new_tokens = cfg.max_new_tokens or max_new_tokens
         self.run_dir = run
+        self.progress: Callable[[int], None] | None = None  # called with the completions each batch generated
+
+    @property
+    def total_completions(self) -> int:
+        """Completions one evaluation generates: `num_samples` per problem, plus the greedy one."""
+        return len(self.rows) * (self.cfg.num_samples + int(self.cfg.greedy))
 
     def evaluate(self, generator: Generator, step: int) -> dict[str, Any]:
         """Run one evaluation, write `eval/passk-<step>.jsonl`, return the aggregate metrics.
@@ -153,7 +173,9 @@ class PassKEvaluator:
         """`num_samples` sampled completions per problem, plus one greedy when `eval.greedy` is on."""
         cfg = self.cfg
         prompts = [r["prompt"] for r in self.rows]
-        gen = dict(max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature)
+        gen: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature)
+        if self.progress is not None:
+            gen["on_batch"] = self.progress
         samples, sample_ids = generator.generate_completions(prompts, num_samples=cfg.num_samples, greedy=False, **gen)
         greedy = generator.generate_completions(prompts, num_samples=1, greedy=True, **gen)[0] if cfg.greedy else None
         return EvalCompletions(samples, sample_ids, greedy)
@@ -233,7 +255,7 @@ class PassKEvaluator:
             metrics["eval/greedy_pass@1_ci"] = _ci(wilson_interval(sum(greedy_correct), len(greedy_correct)))
         metrics["eval/sample_accuracy"] = sum(map(sum, correct)) / (len(correct) * n)
         metrics["eval/sample_accuracy_ci"] = _ci(bootstrap_mean_ci([sum(c) / n for c in correct]))
-        metrics.update(_per_condition(self.rows, correct, greedy_correct, n))
+        metrics.update(_per_condition(self.rows, correct, greedy_correct, n, ks))
         total = [0.0] * len(scored.completions)
         for (name, vals), w in zip(rewards.items(), self.weights, strict=True):
             metrics[f"eval/rewards/{name}"] = _mean(vals)

@@ -57,6 +57,10 @@ def plan(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False
     from training_with_unsloth.assembly import build_grpo_config, check_user_callbacks, grpo_config_kwargs
 
     check_user_callbacks(cfg)
+    if cfg.model.init_adapter:
+        from training_with_unsloth.checkpoints import init_adapter_ref
+
+        init_adapter_ref(cfg.model)  # a wrong path or shape stops here, before any model loads
     funcs, weights = reward_registry.build(prep.reward_specs, on_error=cfg.rewards_on_error)
     args = build_grpo_config(cfg, run, weights, cuda=cuda, backend=prep.backend)
     asked = set(grpo_config_kwargs(cfg, run, weights, cuda=cuda, backend=prep.backend))
@@ -96,6 +100,12 @@ def assemble(p: Plan) -> Assembled:
             reward_weights=p.reward_weights,
             asked=p.asked,
         )
+        if cfg.model.init_adapter and not p.resume_from:  # a resumed run restores its own adapter weights
+            from training_with_unsloth.checkpoints import apply_init_adapter
+
+            ref = apply_init_adapter(trainer.model, cfg.model)
+            at = f" (step {ref.step})" if ref.step is not None else ""
+            print(f"note: training starts from the LoRA weights of {ref.path}{at}")
     except BaseException:
         if fresh:  # nothing was trained: leave no half-made run directory behind
             shutil.rmtree(run.path, ignore_errors=True)

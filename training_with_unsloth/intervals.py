@@ -84,3 +84,19 @@ def paired_bootstrap_diff(
     low, high = _percentiles(means, level)
     p = min(1.0, 2.0 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
     return float(d.mean()), low, high, p
+
+
+# Student's t 0.975 quantiles for 1..30 degrees of freedom (beyond: the Cornish-Fisher expansion, within 0.001).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float]:
+    """95% t-interval of the mean of independent ``values`` (e.g. one number per seed); NaNs with fewer than two."""
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if arr.size < 2:
+        return math.nan, math.nan
+    df = arr.size - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.95996 + 2.3722 / df
+    half = t * float(arr.std(ddof=1)) / math.sqrt(arr.size)
+    return float(arr.mean()) - half, float(arr.mean()) + half

@@ -242,8 +242,27 @@ TOPICS: tuple[tuple[str, Callable], ...] = (
 )
 
 
-def plot_run(run: RunDir) -> list[Path]:
-    """Redraw `plots/<topic>.png` for every topic with data; returns the files written."""
+def smooth_records(train: list[dict], window: int) -> list[dict]:
+    """Training records with every numeric series replaced by its centred moving mean over `window` logged steps
+    (shorter at the ends); steps, kinds and other values unchanged."""
+    if window <= 1:
+        return train
+    out = [dict(r) for r in train]
+    half_lo, half_hi = (window - 1) // 2, window // 2
+    for key in {k for r in train for k in r if k != "step" and _is_number(r[k])}:
+        idx = [i for i, r in enumerate(train) if _is_number(r.get(key)) and math.isfinite(r[key])]
+        values = [float(train[i][key]) for i in idx]
+        for j, i in enumerate(idx):
+            chunk = values[max(0, j - half_lo) : j + half_hi + 1]
+            out[i][key] = sum(chunk) / len(chunk)
+    return out
+
+
+def plot_run(run: RunDir, smooth: int | None = None) -> list[Path]:
+    """Redraw `plots/<topic>.png` for every topic with data; returns the files written.
+
+    With `smooth` N, every training series (not the evaluations) is drawn as its moving mean over N logged steps.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,9 +271,13 @@ def plot_run(run: RunDir) -> list[Path]:
     records = run.read_metrics()
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
+    name = run.path.name
+    if smooth and smooth > 1:
+        train = smooth_records(train, smooth)
+        name = f"{name} (training curves: mean over {smooth} steps)"
     written = []
     for topic, draw in TOPICS:
-        fig = draw(plt, run.path.name, train, evals)
+        fig = draw(plt, name, train, evals)
         if fig is None:
             continue
         try:

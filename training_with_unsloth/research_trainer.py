@@ -305,6 +305,31 @@ class ResearchGRPOTrainer(GRPOTrainer):
             else:
                 model.train(was_training)
 
+    @contextmanager
+    def _streaming(self, streamer: Any, count: int) -> Iterator[None]:
+        """Hand `streamer` to the `generate` call of TRL's generation path (the unwrapped model's), for one completion."""
+        if streamer is None:
+            yield
+            return
+        if count != 1:
+            raise ValueError("streaming generates one completion: one prompt, num_samples 1")
+        models = {id(m): m for m in (self.model, self.accelerator.unwrap_model(self.model_wrapped))}.values()
+        originals = {id(m): m.__dict__.get("generate") for m in models}
+
+        def wrap(method):
+            return lambda *a, **kw: method(*a, **{**kw, "streamer": streamer})
+
+        for m in models:
+            m.generate = wrap(m.generate)
+        try:
+            yield
+        finally:
+            for m in models:
+                if originals[id(m)] is None:
+                    del m.generate
+                else:
+                    m.generate = originals[id(m)]
+
     @torch.no_grad()
     def generate_completions(
         self,
@@ -315,21 +340,27 @@ class ResearchGRPOTrainer(GRPOTrainer):
         temperature: float,
         max_new_tokens: int,
         batch_size: int,
+        on_batch: Callable[[int], None] | None = None,
+        streamer: Any = None,
     ) -> tuple[list[list[str]], list[list[list[int]]]]:
         """`num_samples` completions per prompt through the trainer's own generation path.
 
-        Returns the decoded texts and their token ids, grouped per prompt.
+        Returns the decoded texts and their token ids, grouped per prompt. `on_batch` is called with the
+        number of completions of each generated batch (a progress bar); a transformers `streamer` receives
+        the tokens as they are generated (one prompt, one sample).
         """
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
         flat = [ids for ids in prompt_ids for _ in range(num_samples)]
         completion_ids: list[list[int]] = []
         with self._inference_mode(), self._generation_settings(
             greedy=greedy, temperature=temperature, max_new_tokens=max_new_tokens
-        ):
+        ), self._streaming(streamer, len(flat)):
             for start in range(0, len(flat), batch_size):
                 chunk = flat[start : start + batch_size]
                 ids, _ = self._generate_single_turn(chunk, None, {}, len(chunk))
                 completion_ids.extend(list(map(int, c)) for c in ids)
+                if on_batch is not None:
+                    on_batch(len(chunk))
         texts = self._tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         group = lambda xs: [xs[i : i + num_samples] for i in range(0, len(xs), num_samples)]  # noqa: E731
         return group(texts), group(completion_ids)

@@ -20,7 +20,7 @@ from transformers import ProgressCallback
 
 from training_with_unsloth.controls import ResearchCallback
 from training_with_unsloth.errors import ConfigError, closest
-from training_with_unsloth.evaluation import PassKEvaluator
+from training_with_unsloth.evaluation import PassKEvaluator, seeded_evaluate
 from training_with_unsloth.plots import plot_run
 from training_with_unsloth.rundir import RunDir, atomic_write_json
 
@@ -117,12 +117,8 @@ class PassKCallback(ResearchCallback):
         self.latest: dict[str, float] = {}
 
     def _evaluate(self, step: int) -> None:
-        import torch
-
         # Evaluation draws from its own seeded RNG, so it neither perturbs nor depends on training's.
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-            torch.manual_seed(self.seed * 1_000_003 + step)
-            metrics = self.evaluator.evaluate(self.trainer, step)
+        metrics = seeded_evaluate(self.evaluator, self.trainer, step, self.seed)
         self.done.add(step)
         self.latest = {"step": step, **metrics}
         self.run.append_metrics({"step": step, "kind": "eval", "time": time.time(), **metrics})
