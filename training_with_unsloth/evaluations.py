@@ -250,10 +250,16 @@ def settings_line(cfg: ExperimentConfig, n_problems: int) -> str:
     formats = cfg.task.params.get("eval_formats") or cfg.task.params.get("eval_instructions")
     fmt = f", formats {', '.join(formats)}" if formats else ""
     return (
-        f"task {cfg.task.name}{fmt}: {n_problems} held-out problems (seed {cfg.seed}), {e.num_samples} samples at "
+        f"task {cfg.task.name}{fmt}: {_rows_text(n_problems, len(formats or []))} (seed {cfg.seed}), {e.num_samples} samples at "
         f"T={e.temperature}, k={list(e.k)}, greedy {'on' if e.greedy else 'off'}; 95% intervals "
         "(bootstrap over problems; Wilson for greedy)"
     )
+
+
+def _rows_text(n: int, n_formats: int) -> str:
+    if n_formats > 1:
+        return f"{n} held-out rows ({n // n_formats} problems x {n_formats} formats)"
+    return f"{n} held-out problems"
 
 
 def write_tables(results: list[Result], cfg: ExperimentConfig, out: Path, command: str) -> tuple[Path, Path]:
