@@ -146,7 +146,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
 
         plot_run(RunDir(out))
     print()
-    print(ev.settings_line(cfg, len(ev._rows_of(results[0]))))
+    print(ev.settings_line(cfg, len(ev.rows_evaluated(results[0]))))
     print(ev.markdown_table(results, cfg))
     print(f"written: {md}, {csv_path}, {out / 'eval'}")
     return 0

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from training_with_unsloth.cli import command_name, run_main
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # --dtype (kept here: parsing imports nothing of torch)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -33,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument(
         "--gguf", metavar="QUANT", help="GGUF through Unsloth's exporter (e.g. q4_k_m, q8_0, f16); needs a CUDA GPU"
     )
-    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="dtype of a merged export")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="dtype of a merged export")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the export to this Hugging Face repository (uses the network)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p

@@ -264,7 +264,7 @@ def _rows_text(n: int, n_formats: int) -> str:
 
 def write_tables(results: list[Result], cfg: ExperimentConfig, out: Path, command: str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    n = len(_rows_of(results[0])) if results else 0
+    n = len(rows_evaluated(results[0])) if results else 0
     md = f"# Evaluation\n\n{settings_line(cfg, n)}.\n\n{markdown_table(results, cfg)}\n`{command}`\n"
     atomic_write_text(out / "table.md", md)
     atomic_write_text(out / "table.csv", csv_table(results))
@@ -272,7 +272,8 @@ def write_tables(results: list[Result], cfg: ExperimentConfig, out: Path, comman
     return out / "table.md", out / "table.csv"
 
 
-def _rows_of(result: Result) -> list[Any]:
+def rows_evaluated(result: Result) -> list[Any]:
+    """The lines of the result's `eval/passk-<step>.jsonl` (one per held-out row evaluated)."""
     path = result.folder.passk_file(result.target.step)
     return path.read_text().splitlines() if path.is_file() else []
 

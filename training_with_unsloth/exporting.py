@@ -20,8 +20,6 @@ from training_with_unsloth.config import ExperimentConfig
 from training_with_unsloth.errors import UserError
 from training_with_unsloth.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
 
 def trained_dtype(run: RunDir, cfg: ExperimentConfig) -> str:
     """The dtype the run computed in (env.json's record; float32 for a CPU run), the default of a merged export."""
