@@ -56,17 +56,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """Resolve the config, validate it, then train (or print the plan with --dry-run)."""
+    from training_with_unsloth import distributed
     from training_with_unsloth.config import load_config
     from training_with_unsloth.config_files import resolve_config
 
     path = resolve_config(args.config)
-    # A YAML comment, so the resolved config --dry-run prints after it stays one YAML document.
-    print(f"# config: {path}", flush=True)
+    if distributed.is_main():  # under torchrun / accelerate launch the other processes print nothing of their own
+        # A YAML comment, so the resolved config --dry-run prints after it stays one YAML document.
+        print(f"# config: {path}", flush=True)
     cfg = load_config(path, args.overrides)
     from training_with_unsloth.experiment import run_experiment
 
     run = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
-    if run is not None:
+    if run is not None and distributed.is_main():
         print(f"done: {run.path}")
     return 0
 

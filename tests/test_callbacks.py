@@ -166,7 +166,7 @@ def test_runs_after_passk_in_the_same_event(tmp_path, peft_model):
     values = {0: 0.25, 2: 0.75, 3: 0.5}
 
     class Evaluator:
-        def evaluate(self, trainer, step):
+        def evaluate(self, trainer, step, seed=None):
             return {"eval/pass@1": values[step], "eval/greedy_pass@1": values[step], "eval/reward": 0.0, "eval/seconds": 0.0}
 
     trainer = SimpleNamespace(model=peft_model, _metrics={"train": {}})

@@ -28,6 +28,8 @@ SCRIPTS = {
     "grpo-infer": "experiments.infer:main",
     "grpo-export": "experiments.export:main",
     "grpo-compare-runs": "analysis.compare_runs:main",
+    "grpo-submit": "experiments.submit:main",
+    "grpo-sweep": "experiments.sweep:main",
 }
 
 

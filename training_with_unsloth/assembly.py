@@ -178,6 +178,12 @@ def research_callbacks(
     callbacks.append(AdapterCheckpoints(run, prep.checkpoint_steps, passk))
     if passk is not None and cfg.best_metric:
         callbacks.append(BestCheckpoint(run, cfg.best_metric, cfg.checkpoints.best_mode, passk))
+    if passk is not None:
+        from training_with_unsloth.controls.sweep_report import from_environment
+
+        report = from_environment(run, passk)  # a sweep trial's first run reports its evaluations to the study
+        if report is not None:
+            callbacks.append(report)
     if cfg.logging.completions:
         from training_with_unsloth.controls.completion_log import CompletionLog
 

@@ -508,6 +508,24 @@ def check_backend(cfg: ExperimentConfig, backend: str) -> None:
             )
 
 
+def check_processes(cfg: ExperimentConfig, backend: str, processes: int) -> None:
+    """What more than one training process (torchrun, accelerate launch) supports, refused in one line otherwise."""
+    if processes <= 1:
+        return
+    if backend == "unsloth":
+        raise ConfigError(
+            f"{processes} processes: Unsloth trains on one GPU per process and its GRPO trainer is not verified under "
+            "DDP; use model.backend: transformers (load_in_4bit works through bitsandbytes) or one run per GPU "
+            "(experiments/sweep.py --workers N, CUDA_VISIBLE_DEVICES per worker)"
+        )
+    if cfg.prompts_change:
+        which = "curriculum" if cfg.curriculum.enabled else "replay"
+        raise ConfigError(
+            f"{which} runs in one process: its success window and buffer would see only one rank's batches; "
+            f"start it without torchrun/accelerate, or set {which}.enabled: false"
+        )
+
+
 def check_task(cfg: ExperimentConfig, task: Any) -> None:
     """The rules that depend on the built task: prompts that change during training need in-process loading."""
     if (task.uses_progress or cfg.prompts_change) and cfg.trainer.get("dataloader_num_workers", 0):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from training_with_unsloth import distributed
 from training_with_unsloth.config import EvalConfig
 from training_with_unsloth.intervals import bootstrap_mean_ci, wilson_interval
 from training_with_unsloth.passk import majority_correct, mean_pass_at_k, per_problem_pass_at_k
@@ -119,12 +120,12 @@ class EvalScores:
 
 def seeded_evaluate(evaluator: PassKEvaluator, generator: Generator, step: int, seed: int) -> dict[str, Any]:
     """`evaluator.evaluate` under its own RNG, seeded by the run's seed and the step: training-time Pass@K and
-    `evaluate.py` on the same checkpoint draw the same samples; training's own RNG is neither used nor moved."""
+    `evaluate.py` on the same checkpoint draw the same samples, with any number of processes; training's own RNG
+    is neither used nor moved."""
     import torch
 
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        torch.manual_seed(seed * 1_000_003 + step)
-        return evaluator.evaluate(generator, step)
+        return evaluator.evaluate(generator, step, seed=seed * 1_000_003 + step)
 
 
 class PassKEvaluator:
@@ -155,30 +156,62 @@ class PassKEvaluator:
         """Completions one evaluation generates: `num_samples` per problem, plus the greedy one."""
         return len(self.rows) * (self.cfg.num_samples + int(self.cfg.greedy))
 
-    def evaluate(self, generator: Generator, step: int) -> dict[str, Any]:
+    def evaluate(self, generator: Generator, step: int, *, seed: int | None = None) -> dict[str, Any]:
         """Run one evaluation, write `eval/passk-<step>.jsonl`, return the aggregate metrics.
 
-        Steps: `generate` (sampled and greedy completions), `score` (rewards and correctness),
-        `write_lines` (the per-problem file), `aggregate` (the `eval/...` metrics).
+        Steps: `generate` (sampled and greedy completions, split across processes and gathered), `score`
+        (rewards and correctness), `write_lines` (the per-problem file; the main process only), `aggregate`
+        (the `eval/...` metrics, the same on every process). `seed` seeds each chunk of problems (`generate`).
         """
         t0 = time.perf_counter()
-        generated = self.generate(generator)
+        generated = self.generate(generator, seed=seed)
         scored = self.score(generated, trainer_state=getattr(generator, "state", None))
-        self.write_lines(step, generated, scored)
+        if distributed.is_main():
+            self.write_lines(step, generated, scored)
         metrics = self.aggregate(scored)
         metrics["eval/seconds"] = time.perf_counter() - t0
         return metrics
 
-    def generate(self, generator: Generator) -> EvalCompletions:
-        """`num_samples` sampled completions per problem, plus one greedy when `eval.greedy` is on."""
+    def chunks(self) -> tuple[list[range], list[range]]:
+        """The problems in generation batches: sampled ones (`batch_size // num_samples` problems each), greedy
+        ones (`batch_size` problems each). The chunks, not the processes, fix what is generated together."""
+        n, cfg = len(self.rows), self.cfg
+        per = max(1, cfg.batch_size // cfg.num_samples)
+        sampled = [range(i, min(i + per, n)) for i in range(0, n, per)]
+        greedy = [range(i, min(i + cfg.batch_size, n)) for i in range(0, n, cfg.batch_size)] if cfg.greedy else []
+        return sampled, greedy
+
+    def generate(self, generator: Generator, *, seed: int | None = None) -> EvalCompletions:
+        """`num_samples` sampled completions per problem, plus one greedy when `eval.greedy` is on.
+
+        Each process generates its share of the chunks (round-robin) and the shares are gathered, so every
+        process ends with all completions. With `seed`, sampled chunk c is generated after
+        `torch.manual_seed(seed + c)`: the completions do not depend on how many processes share the work.
+        """
+        import torch
+
         cfg = self.cfg
         prompts = [r["prompt"] for r in self.rows]
         gen: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, batch_size=cfg.batch_size, temperature=cfg.temperature)
         if self.progress is not None:
             gen["on_batch"] = self.progress
-        samples, sample_ids = generator.generate_completions(prompts, num_samples=cfg.num_samples, greedy=False, **gen)
-        greedy = generator.generate_completions(prompts, num_samples=1, greedy=True, **gen)[0] if cfg.greedy else None
-        return EvalCompletions(samples, sample_ids, greedy)
+        sampled, greedy = self.chunks()
+        mine: dict[tuple[str, int], Any] = {}
+        for c in distributed.shard(len(sampled)):
+            if seed is not None:
+                torch.manual_seed(seed + c)
+            chunk = [prompts[i] for i in sampled[c]]
+            mine[("sampled", c)] = generator.generate_completions(chunk, num_samples=cfg.num_samples, greedy=False, **gen)
+        for c in distributed.shard(len(greedy)):
+            chunk = [prompts[i] for i in greedy[c]]
+            mine[("greedy", c)] = generator.generate_completions(chunk, num_samples=1, greedy=True, **gen)[0]
+        parts: dict[tuple[str, int], Any] = {}
+        for share in distributed.gather(mine):
+            parts.update(share)
+        samples = [g for c in range(len(sampled)) for g in parts[("sampled", c)][0]]
+        sample_ids = [g for c in range(len(sampled)) for g in parts[("sampled", c)][1]]
+        greedy_texts = [g for c in range(len(greedy)) for g in parts[("greedy", c)]] if cfg.greedy else None
+        return EvalCompletions(samples, sample_ids, greedy_texts)
 
     def score(self, generated: EvalCompletions, *, trainer_state: Any = None) -> EvalScores:
         """Each reward function on every sample (as TRL calls it), and the task's verdict on every completion."""

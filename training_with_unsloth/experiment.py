@@ -6,7 +6,9 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from training_with_unsloth import distributed
 from training_with_unsloth.config import ExperimentConfig
+from training_with_unsloth.jobs import job_record
 from training_with_unsloth.models import backends
 from training_with_unsloth.plan import Prepared, check_new_run, check_resume, dry_run_text, prepare
 from training_with_unsloth.rundir import RunDir, atomic_write_json, atomic_write_text, environment
@@ -45,6 +47,7 @@ def plan(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False
     backends.offline_environment(cfg.model.download or cfg.logging.wandb == "online")
     cuda = backends.cuda_available()
     prep = prepare(cfg, cuda=cuda)
+    distributed.init()  # several processes join one group here, before any of them looks at the run directory
     if not dry_run and cfg.model.name != "embedded":  # fail fast, before the slow imports
         backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
     run = RunDir(cfg.run_dir)
@@ -75,10 +78,15 @@ def assemble(p: Plan) -> Assembled:
     from training_with_unsloth.lengths import check_sequence_lengths
 
     cfg, run = p.cfg, p.run
-    if p.overwrite and not p.resume_from:
+    main = distributed.is_main()  # only the main process writes the run directory
+    if p.overwrite and not p.resume_from and main:
         run.clear()
+    distributed.barrier()
     fresh = not run.path.exists()
-    run.create()
+    distributed.barrier()
+    if main:
+        run.create()
+    distributed.barrier()
     try:
         set_seed(cfg.seed)
         train_ds, eval_ds, source = train_data(p.prep)
@@ -105,9 +113,10 @@ def assemble(p: Plan) -> Assembled:
 
             ref = apply_init_adapter(trainer.model, cfg.model)
             at = f" (step {ref.step})" if ref.step is not None else ""
-            print(f"note: training starts from the LoRA weights of {ref.path}{at}")
+            if main:
+                print(f"note: training starts from the LoRA weights of {ref.path}{at}")
     except BaseException:
-        if fresh:  # nothing was trained: leave no half-made run directory behind
+        if fresh and main:  # nothing was trained: leave no half-made run directory behind
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     return Assembled(trainer, loaded, fresh)
@@ -116,7 +125,12 @@ def assemble(p: Plan) -> Assembled:
 def record(p: Plan, a: Assembled) -> None:
     """`config.yaml`, `env.json` (or, on resume, the resume record) and the GRPO config the trainer holds."""
     cfg, run, loaded = p.cfg, p.run, a.loaded
+    if not distributed.is_main():
+        distributed.barrier()  # until the main process has written (or, on resume, moved) the records
+        return
     env = environment(backend=p.prep.backend, seed=cfg.seed, model_path=loaded.model_path, model=loaded.record)
+    env["processes"] = distributed.world_size()
+    env.update(job_record())  # the SLURM (or local submitit) job, when it runs as one
     if p.resume_from:
         from training_with_unsloth.resume import check_research_state, resume_run
 
@@ -129,6 +143,7 @@ def record(p: Plan, a: Assembled) -> None:
         changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in a.trainer.args_rewritten.items())
         print("note: the trainer set keys the YAML leaves unset: " + changes)
     atomic_write_json(run.trainer / "grpo_config.json", a.trainer.args.to_dict())  # what the trainer runs with
+    distributed.barrier()
 
 
 def train(p: Plan, a: Assembled) -> RunDir:
@@ -143,7 +158,8 @@ def run_experiment(
     """Train one experiment into `<output_dir>/<name>` (or only print the plan with `dry_run`)."""
     p = plan(cfg, resume=resume, overwrite=overwrite, dry_run=dry_run)
     if dry_run:
-        print(dry_run_text(p.prep, p.args, cuda=p.cuda, resume_from=p.resume_from))
+        if distributed.is_main():
+            print(dry_run_text(p.prep, p.args, cuda=p.cuda, resume_from=p.resume_from))
         return None
     assembled = assemble(p)
     record(p, assembled)

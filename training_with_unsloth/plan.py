@@ -7,7 +7,8 @@ from typing import Any
 
 import rewards as reward_registry
 import tasks as task_registry
-from training_with_unsloth.config import ExperimentConfig, check_backend, check_task, yaml_load
+from training_with_unsloth import distributed
+from training_with_unsloth.config import ExperimentConfig, check_backend, check_processes, check_task, yaml_load
 from training_with_unsloth.errors import ConfigError, UserError
 from training_with_unsloth.models import backends
 from training_with_unsloth.rundir import RunDir
@@ -33,6 +34,7 @@ def prepare(cfg: ExperimentConfig, *, cuda: bool | None = None) -> Prepared:
     """Validate what needs no model and no trainer library: backend, task parameters, rewards, schedules."""
     backend = backends.resolve_backend(cfg.model.backend, cuda=cuda)
     check_backend(cfg, backend)
+    check_processes(cfg, backend, distributed.world_size())
     task = task_registry.get(cfg.task.name, **cfg.task.params)
     specs = [r.model_dump() for r in cfg.rewards] if cfg.rewards is not None else [dict(r) for r in task.default_rewards]
     reward_registry.build(specs, on_error=cfg.rewards_on_error)  # raises a ConfigError for an unknown reward or parameter
@@ -124,6 +126,7 @@ def plan_text(p: Prepared, *, cuda: bool, resume_from: str | None = None) -> str
     cfg, t = p.cfg, p.cfg.trainer
     bs, ga = t.get("per_device_train_batch_size", 8), t.get("gradient_accumulation_steps", 1)
     ng = t.get("num_generations", 8)
+    procs = distributed.world_size()
     lora = cfg.model.lora
     if cfg.model.backend != "auto":
         why = ""
@@ -147,7 +150,8 @@ def plan_text(p: Prepared, *, cuda: bool, resume_from: str | None = None) -> str
         f"targets={lora.target_modules}; max_seq_length {cfg.model.max_seq_length}",
         f"task       {cfg.task.name} {p.task.params.model_dump()}",
         "rewards    " + ", ".join(f"{s['name']} x{s.get('weight', 1.0)}" for s in p.reward_specs),
-        f"steps      {cfg.max_steps} optimizer steps; {bs * ga // ng} prompts x {ng} completions per step, "
+        f"steps      {cfg.max_steps} optimizer steps; {bs * ga * procs // ng} prompts x {ng} completions per step"
+        + (f" ({procs} processes x {bs * ga} completions)" if procs > 1 else "") + ", "
         f"up to {t.get('max_completion_length', 512)} new tokens, lr {t.get('learning_rate', 1e-6)}, beta {t.get('beta', 0.0)}, "
         f"loss {t.get('loss_type', 'dapo')}",
         (

@@ -99,6 +99,7 @@ class RunDir:
     plots = property(lambda self: self.path / "plots")
     analysis = property(lambda self: self.path / "analysis")
     completions = property(lambda self: self.path / "completions")
+    jobs = property(lambda self: self.path / "jobs")  # submitit job logs (experiments/submit.py)
     best = property(lambda self: self.checkpoints / "best")
     abandoned = property(lambda self: self.path / "abandoned")
 
@@ -110,9 +111,18 @@ class RunDir:
         return self.metrics.exists() or any(self.checkpoints.glob("adapter-*")) or any(self.trainer.glob("checkpoint-*"))
 
     def clear(self) -> None:
-        """Remove everything training writes (used by --overwrite); `analysis/` is removed too."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
+        """Remove everything training writes (used by --overwrite); `analysis/` is removed too.
+
+        `jobs/` stays: the logs of submitit jobs (`experiments/submit.py`), one of which may be writing there now."""
+        if not self.path.exists():
+            return
+        for child in self.path.iterdir():
+            if child == self.jobs:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
     # ---- metrics
     def append_metrics(self, record: dict[str, Any]) -> None:

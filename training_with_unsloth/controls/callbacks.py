@@ -18,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import ProgressCallback
 
+from training_with_unsloth import distributed
 from training_with_unsloth.controls import ResearchCallback
 from training_with_unsloth.errors import ConfigError, closest
 from training_with_unsloth.evaluation import PassKEvaluator, seeded_evaluate
@@ -121,6 +122,8 @@ class PassKCallback(ResearchCallback):
         metrics = seeded_evaluate(self.evaluator, self.trainer, step, self.seed)
         self.done.add(step)
         self.latest = {"step": step, **metrics}
+        if not distributed.is_main():  # every process evaluated its share and holds the gathered result
+            return
         self.run.append_metrics({"step": step, "kind": "eval", "time": time.time(), **metrics})
         _wandb_log(metrics, step)
         ks = " ".join(

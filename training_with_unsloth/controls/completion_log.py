@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from training_with_unsloth import distributed
 from training_with_unsloth.controls import ResearchCallback
 from training_with_unsloth.controls.scored_batch import ScoredBatch
 from training_with_unsloth.rundir import RunDir, atomic_write_text, to_json
@@ -62,7 +63,7 @@ class CompletionLog(ResearchCallback):
     A step's generation batches (several with gradient accumulation) are gathered in memory and the
     file is rewritten atomically after each, so a reader never sees half a file. At most `max_lines`
     completions per step are kept, and prompts and completions are cut to `max_chars` characters.
-    A process other than the first writes `completions/<step>.rank<k>.jsonl`.
+    With several processes the lines of every process are gathered (in rank order) and the first writes them.
     """
 
     def __init__(self, run: RunDir, every: int, max_chars: int = 4000, max_lines: int = MAX_LINES):
@@ -78,21 +79,23 @@ class CompletionLog(ResearchCallback):
         return self.every > 0 and (step == 1 or step % self.every == 0)
 
     def path(self, step: int) -> Path:
-        rank = getattr(getattr(self.trainer, "accelerator", None), "process_index", 0)
-        return self.run.completions / (f"{step}.jsonl" if not rank else f"{step}.rank{rank}.jsonl")
+        return self.run.completions / f"{step}.jsonl"
 
     def on_scored_batch(self, batch: ScoredBatch) -> None:
         if not self.wanted(batch.step):
             return
         if batch.step != self._step:  # a new step (or a step redone after a resume): start its file afresh
             self._step, self._lines, self._groups = batch.step, [], 0
-        room = self.max_lines - len(self._lines)
+        room = self.max_lines - len(self._lines)  # the same on every process: each holds the gathered lines
+        offset = distributed.rank() * len(batch.completions)  # this process's rows in the step's batch
+        shares = distributed.gather(self._records(batch, limit=room, offset=offset) if room > 0 else [])
         if room > 0:
-            self._lines.extend(self._records(batch, limit=room))
-            atomic_write_text(self.path(batch.step), "".join(self._lines))
-        self._groups += len(list(batch.groups()))
+            self._lines.extend([line for share in shares for line in share][:room])
+            if distributed.is_main():
+                atomic_write_text(self.path(batch.step), "".join(self._lines))
+        self._groups += -(-len(batch.completions) * len(shares) // max(batch.num_generations, 1))
 
-    def _records(self, batch: ScoredBatch, limit: int) -> list[str]:
+    def _records(self, batch: ScoredBatch, limit: int, offset: int = 0) -> list[str]:
         total = batch.total
         n = max(batch.num_generations, 1)
         out = []
@@ -100,7 +103,8 @@ class CompletionLog(ResearchCallback):
             row = batch.rows[i] if i < len(batch.rows) else {}
             prompt, prompt_cut = _cut(prompt_text(row.get("prompt")), self.max_chars)
             completion, cut = _cut(batch.completions[i], self.max_chars)
-            record: dict[str, Any] = {"step": batch.step, "problem_id": row.get("problem_id"), "group": self._groups + i // n}
+            group = self._groups + (offset + i) // n
+            record: dict[str, Any] = {"step": batch.step, "problem_id": row.get("problem_id"), "group": group}
             if row.get("condition") is not None:
                 record["condition"] = row["condition"]
             record.update(

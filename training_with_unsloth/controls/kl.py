@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from training_with_unsloth import distributed
 from training_with_unsloth.controls import ResearchCallback
 
 ESTIMATORS = ("k1", "k2", "k3")
@@ -114,7 +115,12 @@ class KLSettings:
 
     def flush(self, metrics: dict[str, list[float]]) -> None:
         """End of an optimizer step: log `kl/k1..k3` (token means over the whole step), `kl/loss_term`
-        (the step's coefficient times its token-mean KL estimate) and hand the controller its value."""
+        (the step's coefficient times its token-mean KL estimate) and hand the controller its value.
+        With several processes the sums are added over all of them first (every process logs the same means)."""
+        local = [self.sums.get(n, 0.0) for n in ESTIMATORS] + [self.tokens, self.term_sum, self.term_tokens]
+        totals = distributed.sum_floats(local)
+        self.sums = dict(zip(ESTIMATORS, totals[: len(ESTIMATORS)], strict=True))
+        self.tokens, self.term_sum, self.term_tokens = totals[len(ESTIMATORS) :]
         if self.tokens > 0:
             means = {name: value / self.tokens for name, value in self.sums.items()}
             if self.diagnostics:

@@ -1,0 +1,86 @@
+"""Submit one training run as a SLURM job through submitit (or run it through submitit's local executor).
+
+    uv run experiments/submit.py countdown --slurm partition=gpu,gpus=1,time=4:00:00
+    uv run experiments/submit.py quickstart --set trainer.max_steps=10 --local
+
+The job runs `run_experiment.py CONFIG --set ...` on the allocated node. Its stdout and stderr land in
+`<run>/jobs/<job id>_0_log.out` and `.err`, and `env.json` records the job id. A preempted or timed-out
+job requeues itself and continues with `--resume` (submitit's checkpoint hook).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from training_with_unsloth.cli import command_name, run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=command_name("submit.py"),
+        description="Run a GRPO experiment as a SLURM job (submitit), or through submitit's local executor.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--slurm takes submitit's SlurmExecutor parameters as KEY=VALUE pairs: partition, gpus (gpus_per_node),\n"
+        "cpus (cpus_per_task), mem (e.g. 32GB), time (minutes or HH:MM:SS), account, qos, constraint, job_name, ...\n\n"
+        "examples:\n"
+        "  submit.py countdown --slurm partition=gpu,gpus=1,cpus=8,mem=32GB,time=4:00:00\n"
+        "  submit.py quickstart --local                 (the same job path, run here; waits for it)\n"
+        "  submit.py countdown --slurm partition=gpu,gpus=1 --resume",
+    )
+    parser.add_argument("config", metavar="CONFIG", help="experiment YAML path, or a shipped config name (quickstart, ...)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key, value parsed as YAML (repeatable)",
+    )  # fmt: skip
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slurm", metavar="KEY=VALUE,...", help="submit to SLURM with these sbatch parameters")
+    where.add_argument("--local", action="store_true", help="run through submitit's local executor and wait for it")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last trainer checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    parser.add_argument("--wait", action="store_true", help="with --slurm: wait for the job and report how it ended")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite contradict each other")
+    return run_main(lambda: _submit(args), interrupted="interrupted: the submitted job, if any, keeps running")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from training_with_unsloth.config import load_config
+    from training_with_unsloth.config_files import resolve_config
+    from training_with_unsloth.jobs import TrainJob, executor, slurm_parameters
+    from training_with_unsloth.plan import check_new_run, check_resume
+    from training_with_unsloth.rundir import RunDir
+
+    path = resolve_config(args.config)
+    cfg = load_config(path, args.overrides)  # a bad config fails here, not in the queue
+    run = RunDir(cfg.run_dir)
+    if args.resume:
+        check_resume(cfg, run)
+    else:
+        check_new_run(run, resume=False, overwrite=args.overwrite)
+    slurm = slurm_parameters(args.slurm) if args.slurm else None
+    ex = executor(run.jobs, slurm=slurm, local=args.local)
+    if args.overwrite:
+        run.clear()  # here, before the job starts: the job itself never clears its own log folder
+    ex.update_parameters(**({"job_name": cfg.name} if slurm is not None and "job_name" not in slurm else {}))
+    job = ex.submit(TrainJob(str(path.resolve()), args.overrides, str(run.path.resolve())), resume=args.resume)
+    print(f"submitted job {job.job_id}: {cfg.run_dir}; log {job.paths.stdout}")
+    if args.local or args.wait:
+        try:
+            job.result()
+        except Exception as exc:  # submitit re-raises the job's failure with its traceback
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            print(f"error: job {job.job_id} failed: {last}; see {job.paths.stderr}", file=sys.stderr)
+            return 1
+        print(f"done: {cfg.run_dir} (job {job.job_id}, log {job.paths.stdout})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
