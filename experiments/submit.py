@@ -5,15 +5,54 @@
 
 The job runs `run_experiment.py CONFIG --set ...` on the allocated node. Its stdout and stderr land in
 `<run>/jobs/<job id>_0_log.out` and `.err`, and `env.json` records the job id. A preempted or timed-out
-job requeues itself and continues with `--resume` (submitit's checkpoint hook).
+job requeues itself and continues with `--resume` (submitit's checkpoint hook: `TrainJob.checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from training_with_unsloth.cli import command_name, run_main
+
+
+class TrainJob:
+    """One training run as a callable submitit pickles: `run_experiment.py CONFIG --set ...` in the job's process."""
+
+    def __init__(self, config: str, overrides: Sequence[str], run_dir: str):
+        self.config = config
+        self.overrides = list(overrides)
+        self.run_dir = run_dir
+
+    def argv(self, *, resume: bool) -> list[str]:
+        """The command line the job runs; `resume`: continue the last trainer checkpoint, or start afresh without one."""
+        from training_with_unsloth.rundir import RunDir
+
+        argv = [self.config]
+        for item in self.overrides:
+            argv += ["--set", item]
+        if resume:
+            run = RunDir(self.run_dir)
+            argv.append("--resume" if run.last_trainer_checkpoint() is not None else "--overwrite")
+        return argv
+
+    def __call__(self, resume: bool = False) -> str:
+        from experiments.run_experiment import main
+
+        argv = self.argv(resume=resume)
+        print("job: run_experiment.py " + " ".join(argv), flush=True)
+        status = main(argv)
+        if status:
+            raise RuntimeError(f"run_experiment.py exited with status {status}: see this log and {self.run_dir}")
+        return self.run_dir
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's preemption/timeout hook: requeue the same run, continuing it (`--resume`)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(TrainJob(self.config, self.overrides, self.run_dir), resume=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    from experiments.submit import TrainJob  # by its module name, so the job process can unpickle it
     from training_with_unsloth.config import load_config
     from training_with_unsloth.config_files import resolve_config
-    from training_with_unsloth.jobs import TrainJob, executor, slurm_parameters
+    from training_with_unsloth.jobs import executor, slurm_parameters
     from training_with_unsloth.plan import check_new_run, check_resume
     from training_with_unsloth.rundir import RunDir
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from experiments.submit import TrainJob
 from tests.helpers import REPO, tiny_config
 from training_with_unsloth.errors import ConfigError, UserError
-from training_with_unsloth.jobs import TrainJob, executor, minutes, slurm_parameters
+from training_with_unsloth.jobs import executor, minutes, slurm_parameters
 from training_with_unsloth.sweeps import Sweep
 
 # ---------------------------------------------------------------- --slurm parameters

@@ -1,17 +1,14 @@
-"""Training as a submitit job: SLURM (or submitit's local executor), requeued with `--resume` when preempted.
+"""Runs as submitit jobs: `--slurm` parameters, the executor (SLURM or local), and the job record in env.json.
 
-`TrainJob` is what `experiments/submit.py` and `experiments/sweep.py --slurm` hand to submitit. Its
-stdout and stderr go to `<run>/jobs/` (submitit's `<job id>_<task>_log.out/.err`); `env.json` records
-the job id (`experiment.scheduler_job`). When SLURM preempts or times the job out, submitit calls
-`checkpoint`, which resubmits the same run with `resume=True`: it continues from the last complete
-trainer checkpoint, or starts afresh when none was written yet.
+`experiments/submit.py` (a training run, `TrainJob`) and `experiments/sweep.py --slurm` (sweep workers)
+submit through `executor`. A job's stdout and stderr go to the executor's folder (submitit's
+`<job id>_<task>_log.out/.err`); `job_record` is what `env.json` records about the job.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,43 +76,6 @@ def executor(folder: Path, *, slurm: dict[str, Any] | None, local: bool, timeout
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_REQUEUES)
     ex.update_parameters(**(slurm or {}))
     return ex
-
-
-class TrainJob:
-    """One training run as a callable submitit pickles: `run_experiment.py CONFIG --set ...` in the job's process."""
-
-    def __init__(self, config: str, overrides: Sequence[str], run_dir: str):
-        self.config = config
-        self.overrides = list(overrides)
-        self.run_dir = run_dir
-
-    def argv(self, *, resume: bool) -> list[str]:
-        """The command line the job runs; `resume`: continue the last trainer checkpoint, or start afresh without one."""
-        from training_with_unsloth.rundir import RunDir
-
-        argv = [self.config]
-        for item in self.overrides:
-            argv += ["--set", item]
-        if resume:
-            run = RunDir(self.run_dir)
-            argv.append("--resume" if run.last_trainer_checkpoint() is not None else "--overwrite")
-        return argv
-
-    def __call__(self, resume: bool = False) -> str:
-        from experiments.run_experiment import main
-
-        argv = self.argv(resume=resume)
-        print("job: run_experiment.py " + " ".join(argv), flush=True)
-        status = main(argv)
-        if status:
-            raise RuntimeError(f"run_experiment.py exited with status {status}: see this log and {self.run_dir}")
-        return self.run_dir
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """submitit's preemption/timeout hook: requeue the same run, continuing it (`--resume`)."""
-        from submitit.helpers import DelayedSubmission
-
-        return DelayedSubmission(TrainJob(self.config, self.overrides, self.run_dir), resume=True)
 
 
 def job_record() -> dict[str, Any]:
