@@ -63,6 +63,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.workers == 1:
         study = optimize(sweep)
     else:
+        sweep.study()  # created once here, before the workers open it
         _local_workers(args)
         study = None
     report = write_report(sweep, study)
@@ -94,6 +95,7 @@ def _submit_workers(sweep, args: argparse.Namespace) -> None:
     from training_with_unsloth.sweeps import SweepWorker
 
     ex = executor(sweep.dir / "jobs", slurm=slurm_parameters(args.slurm), local=False)
+    sweep.study()  # created once here, before the jobs open it
     ex.update_parameters(job_name=f"sweep-{sweep.cfg.name}")
     jobs = ex.map_array(SweepWorker(os.path.abspath(args.sweep)), list(range(args.workers)))
     print(f"submitted {len(jobs)} worker jobs ({', '.join(j.job_id for j in jobs)}); logs in {sweep.dir / 'jobs'}")

@@ -122,6 +122,7 @@ def test_research_callbacks_run_in_the_declared_order(tmp_path, tiny_model_dir, 
     train_ds, eval_ds = prep.task.build(cfg.seed)
     names = [type(cb).__name__ for cb in research_callbacks(prep, RunDir(tmp_path / "r"), eval_ds, [], [], 8)]
     assert names == [
+        "TimingLog",
         "AdaptiveKL",
         "MetricsLogger",
         "TaskProgress",
@@ -132,6 +133,7 @@ def test_research_callbacks_run_in_the_declared_order(tmp_path, tiny_model_dir, 
         "CompletionLog",
         "CountBatches",
         "LivePlots",
+        "TimingSummary",
     ]
 
 

@@ -43,6 +43,8 @@ def test_run_directory_is_complete(tiny_run: RunDir):
         for key in TRAIN_KEYS:
             assert isinstance(rec[key], float | int), key
     assert any(r["kind"] == "summary" for r in run.read_metrics())
+    # the KL diagnostics need a reference pass of their own here (beta 0): every second step by default
+    assert [("kl/k3" in train[s]) for s in (1, 2, 3, 4)] == [True, False, True, False]
 
     evals = records(run, "eval")
     assert sorted(evals) == [0, 2, 4]
@@ -66,9 +68,22 @@ def test_run_directory_is_complete(tiny_run: RunDir):
     assert not list(run.checkpoints.glob(".*")), "no temporary directories left behind"
     assert sorted(p.name for p in run.trainer.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert run.last_trainer_checkpoint().name == "checkpoint-4"
-    assert {p.name for p in run.plots.glob("*.png")} == {"rewards.png", "kl.png", "passk.png", "entropy.png", "length.png"}
+    topics = {"rewards", "kl", "passk", "entropy", "length", "time"}
+    assert {p.name for p in run.plots.glob("*.png")} == {f"{t}.png" for t in topics}
     best = json.loads((run.checkpoints / "best" / "meta.json").read_text())
     assert best["metric"] == "eval/greedy_pass@1" and best["step"] in (0, 2, 4)
+
+    # where the time went: per step in metrics.jsonl, over the run in timing.json; the phases add up to the wall time
+    for rec in train.values():
+        phases = {k: v for k, v in rec.items() if k.startswith("time/") and k != "time/step"}
+        assert {"time/generation", "time/loss", "time/other"} <= phases.keys()
+        assert sum(phases.values()) == pytest.approx(rec["time/step"], rel=1e-6)
+    timing = json.loads((run.path / "timing.json").read_text())
+    assert timing["steps"] == 4
+    assert {"generation", "rewards", "loss", "optimizer", "eval", "checkpoint"} <= timing["seconds"].keys()
+    assert sum(timing["seconds"].values()) == pytest.approx(timing["wall_s"], rel=0.05)
+    assert sum(timing["share"].values()) == pytest.approx(1.0, rel=0.05)
+    assert timing["timer"]["overhead_share"] < 0.001
 
 
 @pytest.mark.slow

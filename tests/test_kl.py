@@ -201,4 +201,12 @@ def test_backend_rules():
         prepare(validate({"name": "x", "model": {"backend": "unsloth"}, "trainer": {"use_adaptive_entropy": True}}), cuda=True)
     unsloth_k3 = validate({"name": "x", "kl": {"coef": 0.1}, "model": {"backend": "unsloth"}})
     assert kl_settings(unsloth_k3, "unsloth").in_loss is False
-    assert kl_settings(validate(base), "transformers") == KLSettings(estimator="k2", coef=0.1, in_loss=True)
+    assert kl_settings(validate(base), "transformers") == KLSettings(estimator="k2", coef=0.1, in_loss=True, every=2)
+
+
+def test_diagnostics_alone_run_every_n_steps_and_whatever_needs_them_every_step():
+    alone = KLSettings(diagnostics=True, every=2)
+    assert [alone.due(step) for step in range(1, 6)] == [True, False, True, False, True]
+    assert all(KLSettings(every=3, in_loss=True, coef=0.1).due(step) for step in range(1, 6))
+    assert all(KLSettings(every=3, target=0.05).due(step) for step in range(1, 6))
+    assert all(KLSettings(every=1).due(step) for step in range(1, 6))

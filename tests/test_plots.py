@@ -10,7 +10,7 @@ import pytest
 from training_with_unsloth import plots
 from training_with_unsloth.rundir import RunDir
 
-ALL = ["curriculum.png", "entropy.png", "kl.png", "length.png", "passk.png", "rewards.png"]
+ALL = ["curriculum.png", "entropy.png", "kl.png", "length.png", "passk.png", "rewards.png", "time.png"]
 
 
 def write_metrics(run: RunDir, records: list[dict], torn_tail: bool = False) -> None:
@@ -31,6 +31,7 @@ def full_records() -> list[dict]:
             "completions/clipped_ratio": 0.1, "curriculum/phase": s // 7, "curriculum/success_rate": 0.03 * s,
             "curriculum/num_terms": 2 + s // 7, "replay/zero_std_fresh": 0.5, "replay/zero_std_replayed": 0.2,
             "replay/replayed_frac": 0.25, "replay/buffer_size": 10.0 * s, "replay/dropped": 0.0, "frac_reward_zero_std": 0.4,
+            "time/generation": 2.0, "time/loss": 1.0, "time/other": 0.1, "time/step": 3.1,
         })  # fmt: skip
         if s % 10 == 0:
             out.append({"step": s, "kind": "eval", "eval/pass@1": 0.02 * s, "eval/pass@4": 0.04 * s,

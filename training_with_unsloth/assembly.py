@@ -79,6 +79,7 @@ def kl_settings(cfg: ExperimentConfig, backend: str) -> Any:
         coef=cfg.kl.coef if in_loss else 0.0,
         in_loss=in_loss,
         diagnostics=cfg.kl.diagnostics,
+        every=cfg.kl.diagnostics_every,
         target=cfg.kl.target,
         horizon=cfg.kl.horizon,
     )
@@ -126,6 +127,7 @@ def research_callbacks(
 ) -> list[Any]:
     """The run's research controls, in the order they run within every trainer event:
 
+    0. `TimingLog`: adds this step's `time/<phase>` to the log before anything writes it.
     1. KL (`AdaptiveKL`, or `KLMeter` for diagnostics only): puts the step's kl/* (and kl/coef) into
        TRL's metrics at step end, before TRL logs them.
     2. `MetricsLogger`: appends each log to metrics.jsonl.
@@ -137,7 +139,8 @@ def research_callbacks(
     8. `CompletionLog`: completions/<step>.jsonl from scored batches.
     9. The user's `callbacks:`, in YAML order: after the built-in controls, so they see this step's eval,
        snapshot and best.
-    10. `LivePlots`: redraws plots/ from metrics.jsonl, last, once everything else has logged.
+    10. `LivePlots`: redraws plots/ from metrics.jsonl, once everything else has logged.
+    11. `TimingSummary`: timing.json and the console's time line at the end, last, so it counts everything.
     """
     from training_with_unsloth.controls import build_user_callback
     from training_with_unsloth.controls.callbacks import (
@@ -148,12 +151,15 @@ def research_callbacks(
         MetricsLogger,
         PassKCallback,
         TaskProgress,
+        TimingLog,
+        TimingSummary,
     )
     from training_with_unsloth.controls.kl import AdaptiveKL, KLMeter
     from training_with_unsloth.evaluation import PassKEvaluator
 
     cfg = prep.cfg
-    callbacks: list[Any] = []
+    timing = TimingLog()
+    callbacks: list[Any] = [timing]
     if cfg.kl.coef or cfg.trainer.get("beta") or cfg.kl.target is not None:
         callbacks.append(AdaptiveKL())
     elif cfg.kl.diagnostics:
@@ -191,6 +197,7 @@ def research_callbacks(
     callbacks += [build_user_callback(spec.name, spec.params, run) for spec in cfg.callbacks]
     if cfg.logging.plots:
         callbacks.append(LivePlots(run, every=max(1, cfg.eval.every or 10)))
+    callbacks.append(TimingSummary(run, timing))
     return callbacks
 
 

@@ -225,8 +225,12 @@ class KLConfig(_Section):
     )
     horizon: int = Field(10000, ge=1, description="adaptive KL: samples over which the error is corrected")
     diagnostics: bool = Field(
-        True, description="log `kl/k1`, `kl/k2`, `kl/k3` every step, also when no KL is in the loss"
+        True, description="log `kl/k1`, `kl/k2`, `kl/k3`, also when no KL is in the loss"
     )
+    diagnostics_every: int = Field(
+        2, ge=1, description="measure the diagnostics at steps 1, 1+N, 1+2N, ... when they need a reference forward pass "
+        "of their own (no KL in the loss, no target; with trainer.beta the reference is TRL's, measured every step)",
+    )  # fmt: skip
 
 
 class LinearSchedule(_Section):

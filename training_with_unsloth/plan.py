@@ -84,7 +84,7 @@ def check_eval_size(cfg: ExperimentConfig, eval_ds: Any) -> None:
 
 
 def dry_run_text(p: Prepared, args: Any, *, cuda: bool, resume_from: str | None = None) -> str:
-    """Everything --dry-run prints: the resolved config, the plan, the data and the length check."""
+    """Everything --dry-run prints: the resolved config, the plan, the data, the length check and the memory estimate."""
     cfg = p.cfg
     try:  # building proves a task's data files or cached dataset load; a dry run reports, not stops
         train_ds, eval_ds = p.task.build(cfg.seed)
@@ -96,6 +96,9 @@ def dry_run_text(p: Prepared, args: Any, *, cuda: bool, resume_from: str | None 
     lines = [cfg.to_yaml().rstrip(), "---", plan_text(p, cuda=cuda, resume_from=resume_from), data]
     if train_ds is not None:
         lines.append(_dry_run_lengths(cfg, args, train_ds, eval_ds))
+    from training_with_unsloth.memory import memory_text
+
+    lines.append(memory_text(cfg, args))
     return "\n".join(lines)
 
 

@@ -1,8 +1,8 @@
 """Training curves from `metrics.jsonl`, one PNG per topic in `plots/`, redrawn while training.
 
-`rewards.png` and `kl.png` are always written; `passk.png`, `entropy.png`, `length.png` and
-`curriculum.png` only once the run has logged something for them. A key missing from some records
-(or from all) is skipped, never an error.
+`rewards.png` and `kl.png` are always written; `passk.png`, `entropy.png`, `length.png`,
+`curriculum.png` and `time.png` (seconds per step in each phase) only once the run has logged
+something for them. A key missing from some records (or from all) is skipped, never an error.
 """
 
 from __future__ import annotations
@@ -200,6 +200,26 @@ CURRICULUM_RIGHT = ("curriculum/success_rate",)  # a fraction, beside the phase 
 REPLAY_RIGHT = ("replay/buffer_size", "replay/dropped")  # counts, beside the fractions
 
 
+def _time(plt, name: str, train: list[dict], evals: list[dict]):
+    """Seconds per step in each phase (`time/<phase>`), stacked: where the step goes."""
+    from training_with_unsloth.timing import PHASES
+
+    keys = [f"time/{p}" for p in (*PHASES, "other") if _has(train, f"time/{p}")]
+    if not keys:
+        return None
+    rows = [r for r in train if _is_number(r.get("time/step")) and _is_number(r.get("step"))]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    layers = [[float(r[k]) if _is_number(r.get(k)) else 0.0 for r in rows] for k in keys]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.stackplot(steps, layers, labels=[k.removeprefix("time/") for k in keys], alpha=0.85, step="mid")
+    ax.set(xlabel="step", ylabel="seconds per step", title=f"{name}: where each step's time goes")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return fig
+
+
 def _curriculum(plt, name: str, train: list[dict], evals: list[dict]):
     """`curriculum/*` (phase, task parameters; success rate on the right) and `replay/*` (fractions; counts on the right)."""
     panels = [(title, keys, right) for title, keys, right in (
@@ -239,6 +259,7 @@ TOPICS: tuple[tuple[str, Callable], ...] = (
     ("entropy", _entropy),
     ("length", _length),
     ("curriculum", _curriculum),
+    ("time", _time),
 )
 
 

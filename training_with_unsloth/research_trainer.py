@@ -22,6 +22,7 @@ from training_with_unsloth.controls import kl as kl_math
 from training_with_unsloth.controls.scored_batch import ScoredBatch
 from training_with_unsloth.resume import RESEARCH_STATE_FILE  # in each trainer/checkpoint-<step>/, written before TRL's state
 from training_with_unsloth.rundir import atomic_write_json
+from training_with_unsloth.timing import PhaseTimer
 
 
 class ResearchGRPOTrainer(GRPOTrainer):
@@ -51,6 +52,7 @@ class ResearchGRPOTrainer(GRPOTrainer):
         if any(isinstance(cb, ProgressCallback) for cb in research_callbacks):
             self.remove_callback(ProgressCallback)  # replaced by the research one
         self.args_rewritten: dict[str, tuple[Any, Any]] = {}  # unset keys the constructor changed (assembly records them)
+        self.timer = PhaseTimer()  # wall time per phase (timing.py); callbacks time their own phases
         for callback in research_callbacks:  # in the order assembly.research_callbacks declares
             check_protocol(callback)
             if isinstance(callback, ResearchCallback):
@@ -71,6 +73,10 @@ class ResearchGRPOTrainer(GRPOTrainer):
         transformers writes `trainer_state.json` last, and that file marks a checkpoint complete: a run killed
         in between leaves an incomplete checkpoint, never a complete one without its research state.
         """
+        with self.timer.phase("checkpoint"):
+            self._save_research_and_trl_checkpoint(model, trial)
+
+    def _save_research_and_trl_checkpoint(self, model, trial):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         if self.args.should_save:
@@ -101,8 +107,17 @@ class ResearchGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ scored batches, KL diagnostics and KL loss
 
+    def training_step(self, *args, **kwargs):
+        with self.timer.phase("loss"):  # generation, rewards and KL inside it are split off as their own phases
+            return super().training_step(*args, **kwargs)
+
+    def _generate_single_turn(self, *args, **kwargs):
+        with self.timer.phase("generation"):
+            return super()._generate_single_turn(*args, **kwargs)
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        with self.timer.phase("rewards"):
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = rewards
         return rewards
 
@@ -111,8 +126,9 @@ class ResearchGRPOTrainer(GRPOTrainer):
         if not self.model.training:
             return output
         self._kl_at_loss = False
-        if self.kl.measures or self.kl.in_loss:
-            ref = self._stored_logps(output, "ref_per_token_logps")
+        ref = self._stored_logps(output, "ref_per_token_logps") if self.kl.measures or self.kl.in_loss else None
+        # TRL's own reference log-probs (beta != 0) cost nothing extra; a pass of our own runs only when due
+        if (self.kl.measures or self.kl.in_loss) and (ref is not None or self.kl.due(self.state.global_step + 1)):
             if ref is None:
                 ref = self._reference_logps(output)
                 if output.get("ref_per_token_logps") is None and self._loss_is_trls():
@@ -223,14 +239,16 @@ class ResearchGRPOTrainer(GRPOTrainer):
 
     def _policy_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs of the completions under the current policy (the one that sampled them)."""
-        return self._trainer_logps(output)
+        with self.timer.phase("kl"):
+            return self._trainer_logps(output)
 
     def _reference_logps(self, output: dict[str, Any]) -> torch.Tensor:
         """Per-token log-probs under the reference: the base model, the LoRA adapter switched off."""
         from trl.trainer.utils import use_adapter
 
         model = self.accelerator.unwrap_model(self.model)
-        with use_adapter(model, adapter_name="ref" if "ref" in getattr(model, "peft_config", {}) else None):
+        adapter = "ref" if "ref" in getattr(model, "peft_config", {}) else None
+        with self.timer.phase("kl"), use_adapter(model, adapter_name=adapter):
             return self._trainer_logps(output)
 
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):

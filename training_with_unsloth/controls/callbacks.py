@@ -6,6 +6,7 @@ Import after `backends.prepare()` (this module imports transformers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,12 @@ from training_with_unsloth.errors import ConfigError, closest
 from training_with_unsloth.evaluation import PassKEvaluator, seeded_evaluate
 from training_with_unsloth.plots import plot_run
 from training_with_unsloth.rundir import RunDir, atomic_write_json
+
+
+def _timed(trainer: Any, phase: str) -> Any:
+    """The trainer's phase timer around a callback's work (a no-op for a trainer without one)."""
+    timer = getattr(trainer, "timer", None)
+    return timer.phase(phase) if timer is not None else contextlib.nullcontext()
 
 
 def _current_train_metrics(trainer: Any) -> dict[str, float]:
@@ -119,7 +126,8 @@ class PassKCallback(ResearchCallback):
 
     def _evaluate(self, step: int) -> None:
         # Evaluation draws from its own seeded RNG, so it neither perturbs nor depends on training's.
-        metrics = seeded_evaluate(self.evaluator, self.trainer, step, self.seed)
+        with _timed(self.trainer, "eval"):
+            metrics = seeded_evaluate(self.evaluator, self.trainer, step, self.seed)
         self.done.add(step)
         self.latest = {"step": step, **metrics}
         if not distributed.is_main():  # every process evaluated its share and holds the gathered result
@@ -203,7 +211,8 @@ class AdapterCheckpoints(ResearchCallback):
             "train_metrics": _current_train_metrics(self.trainer),
             "latest_eval": self.passk.latest if self.passk else {},
         }
-        final = save_adapter(self.trainer, self.run.adapter_dir(step), meta)
+        with _timed(self.trainer, "checkpoint"):
+            final = save_adapter(self.trainer, self.run.adapter_dir(step), meta)
         self.saved.add(step)
         return final
 
@@ -284,7 +293,8 @@ class BestCheckpoint(ResearchCallback):
                 "eval": {k: v for k, v in latest.items() if k != "step"},
                 "train_metrics": _current_train_metrics(self.trainer) if step > 0 else {},
             }
-            save_adapter(self.trainer, self.path, meta)
+            with _timed(self.trainer, "checkpoint"):
+                save_adapter(self.trainer, self.path, meta)
             tqdm.write(f"[best] step {step}: {self.metric}={float(value):.4g} -> {self.path}")
         self.best_value, self.best_step = float(value), step
 
@@ -334,8 +344,92 @@ class LivePlots(ResearchCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and state.global_step % self.every == 0:
-            plot_run(self.run)
+            with _timed(self.trainer, "plots"):
+                plot_run(self.run)
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            plot_run(self.run)
+            with _timed(self.trainer, "plots"):
+                plot_run(self.run)
+
+
+class TimingLog(ResearchCallback):
+    """`time/<phase>` in every train log: seconds per step in each phase since the previous log (timing.py),
+    `time/other` (what no phase claimed: data loading, logging, callbacks) and `time/step` (their sum, the wall
+    time per step). Registered first, so the metrics log and the progress line see the keys."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.last_step = 0
+        self.began: tuple[float, int, int, dict[str, float]] | None = None  # time, step, timer calls and totals
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        timer = self.trainer.timer
+        self.last, self.last_step = time.perf_counter(), state.global_step
+        timer.take()  # what happened before training (a resumed run's loading) is not a step
+        self.began = (self.last, state.global_step, timer.calls, dict(timer.total))
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.timer.start("optimizer")
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.timer.stop("optimizer")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "train_runtime" in logs or self.last is None:
+            return
+        now = time.perf_counter()
+        steps = max(state.global_step - self.last_step, 1)
+        wall, seconds = now - self.last, self.trainer.timer.take()
+        self.last, self.last_step = now, state.global_step
+        for name, value in seconds.items():
+            logs[f"time/{name}"] = value / steps
+        logs["time/other"] = max(wall - sum(seconds.values()), 0.0) / steps
+        logs["time/step"] = wall / steps
+
+
+class TimingSummary(ResearchCallback):
+    """At the end of training: `timing.json` (seconds, shares and seconds per step of every phase over the
+    whole run, and the timer's own measured cost) and one console line with the shares. Registered last, so
+    the final evaluation, adapters and plots are in it."""
+
+    def __init__(self, run: RunDir, log: TimingLog):
+        self.run = run
+        self.log = log  # whose on_train_begin, the first of all callbacks, marked the start
+        self.per_phase_cost = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from training_with_unsloth.timing import overhead_per_phase
+
+        self.per_phase_cost = overhead_per_phase()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        from training_with_unsloth.timing import PHASES, shares_line
+
+        if self.log.began is None or not state.is_world_process_zero:
+            return
+        start, start_step, start_calls, start_total = self.log.began
+        timer = self.trainer.timer
+        wall = time.perf_counter() - start
+        seconds = {k: v - start_total.get(k, 0.0) for k, v in timer.total.items()}
+        seconds["other"] = max(wall - sum(seconds.values()), 0.0)
+        steps = max(state.global_step - start_step, 1)
+        calls = timer.calls - start_calls
+        order = [p for p in (*PHASES, "other") if p in seconds]
+        record = {
+            "wall_s": wall,
+            "steps": steps,
+            "seconds": {p: seconds[p] for p in order},
+            "share": {p: seconds[p] / wall for p in order} if wall > 0 else {},
+            "per_step_s": {p: seconds[p] / steps for p in order},
+            "timer": {
+                "phases_timed": calls,
+                "seconds_per_phase": self.per_phase_cost,
+                "overhead_s": calls * self.per_phase_cost,
+                "overhead_share": calls * self.per_phase_cost / wall if wall > 0 else 0.0,
+            },
+            "note": "host wall clock, exclusive per phase; on a GPU, queued work counts in the phase that waits for it",
+        }
+        atomic_write_json(self.run.path / "timing.json", record)
+        where = self.run.path / "timing.json"
+        tqdm.write(f"time: {shares_line(seconds, wall)} of {wall:.0f}s ({wall / steps:.1f} s/step); {where}")

@@ -86,6 +86,7 @@ class KLSettings:
     coef: float = 0.0  # the toolkit's coefficient (transformers backend); under Unsloth k3 maps onto trainer.beta
     in_loss: bool = False  # the toolkit adds coef * KL to TRL's loss (False: none, or TRL/Unsloth's own beta)
     diagnostics: bool = True
+    every: int = 1  # diagnostics that need a reference pass of their own run at steps 1, 1 + every, ...
     target: float | None = None
     horizon: int = 10000
     observed: list[float] = field(default_factory=list)  # this step's estimates (of `estimator`), for the controller
@@ -97,6 +98,11 @@ class KLSettings:
     @property
     def measures(self) -> bool:
         return self.diagnostics or self.target is not None
+
+    def due(self, step: int) -> bool:
+        """Whether step `step` needs the reference log-probs: always for the loss term and the controller,
+        every `every` steps (1, 1 + every, ...) for diagnostics alone."""
+        return self.in_loss or self.target is not None or (step - 1) % max(self.every, 1) == 0
 
     def observe(self, value: float) -> None:
         if not math.isnan(value):
