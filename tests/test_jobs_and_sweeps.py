@@ -213,3 +213,19 @@ def test_a_trial_the_pruner_stops_writes_pruned_json_and_stops_training(tmp_path
     assert control.should_training_stop
     assert json.loads((run.path / PRUNED_FILE).read_text())["value"] == 0.1
     assert study.trials[-1].intermediate_values == {0: 0.3, 8: 0.1}
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_the_study_and_run_each_setting_once(tmp_path, tiny_model_dir):
+    path = _sweep_file(tmp_path, tiny_model_dir, seeds=[1])
+    sweep = Sweep(path)
+    cmd = [sys.executable, str(REPO / "experiments" / "sweep.py"), str(path), "--workers", "2"]
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in sweep.trials_dir.iterdir()) == ["trial-000-seed1", "trial-001-seed1"]
+    import optuna
+
+    study = optuna.load_study(study_name="lr", storage=sweep.storage)
+    complete = sorted(t.params["trainer.learning_rate"] for t in study.trials if t.state.name == "COMPLETE")
+    assert complete == [1e-3, 1e-2]
+    assert "2 of 2 trials complete" in (sweep.dir / "report.md").read_text()

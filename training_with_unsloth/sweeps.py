@@ -43,6 +43,7 @@ from training_with_unsloth.errors import ConfigError, UserError, closest
 REPORT_ENV = "GRPO_SWEEP_TRIAL"  # set for a trial's first run: its evaluations are reported to the study
 PRUNED_FILE = "pruned.json"  # written in a run directory the pruner stopped
 INTERRUPTED = "interrupted"  # trial user attr: stopped by Ctrl-C (continued by the next sweep.py)
+SURPLUS = "surplus"  # trial user attr: started when every trial was already finished or running; never trained
 CONTINUES = "continues"  # trial user attr: the number of the interrupted trial whose run directories it reuses
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 
@@ -211,12 +212,18 @@ class Sweep:
             load_if_exists=True,
         )
 
-    def counted(self, study: Any) -> int:
-        """Trials that count toward `trials`: finished ones, except those interrupted (they are continued)."""
+    def counted(self, study: Any, *, running: bool = False, besides: int | None = None) -> int:
+        """Trials that count toward `trials`: finished ones, except those interrupted (they are continued) and
+        surplus ones; with `running`, the running ones too (other than trial number `besides`)."""
         from optuna.trial import TrialState
 
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        return sum(1 for t in study.get_trials(deepcopy=False) if t.state in done and not t.user_attrs.get(INTERRUPTED))
+        n = 0
+        for t in study.get_trials(deepcopy=False):
+            if t.number == besides or t.user_attrs.get(INTERRUPTED) or t.user_attrs.get(SURPLUS):
+                continue
+            n += t.state in done or (running and t.state == TrialState.RUNNING)
+        return n
 
     def continue_interrupted(self, study: Any) -> list[int]:
         """Queue a continuation of every interrupted trial not yet continued; returns their numbers."""
@@ -237,6 +244,11 @@ class Sweep:
         """Train the trial's parameters once per seed (a subprocess per run); the mean of the metric over seeds."""
         import optuna
 
+        if self.counted(trial.study, running=True, besides=trial.number) >= self.cfg.total_trials:
+            # another worker holds the last trial (grid sampling hands out a running grid point again): end here
+            trial.set_user_attr(SURPLUS, True)
+            trial.study.stop()
+            raise optuna.TrialPruned("surplus: every trial is finished or running")
         params = {k: p.suggest(trial, k) for k, p in self.cfg.space.items()}
         number = trial.user_attrs.get(CONTINUES, trial.number)
         values: dict[str, float] = {}
@@ -395,8 +407,9 @@ def _one_line(exc: ValidationError, file: Path) -> ConfigError:
 def optimize(sweep: Sweep, *, log: Any = print) -> Any:
     """This worker's share of the sweep: continue interrupted trials, then run trials until `trials` are done.
 
-    Several workers (processes or SLURM jobs) may run this on the same sweep at once: they share `study.db`.
-    With random or tpe sampling and several workers, up to workers - 1 trials beyond `trials` may start.
+    Several workers (processes or SLURM jobs) may run this on the same sweep at once: they share `study.db`,
+    and a worker that starts a trial when every trial is already finished or running ends it untrained
+    (marked surplus) and stops.
     """
     study = sweep.study()
     for number in sweep.continue_interrupted(study):
@@ -422,7 +435,7 @@ def trial_rows(sweep: Sweep, study: Any) -> list[dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         number = root(t)
-        if t.user_attrs.get(INTERRUPTED) and number in rows:
+        if t.user_attrs.get(SURPLUS) or (t.user_attrs.get(INTERRUPTED) and number in rows):
             continue
         values = {int(k): float(v) for k, v in t.user_attrs.get("seed_values", {}).items()}
         finite = [v for v in values.values() if math.isfinite(v)]
@@ -467,7 +480,8 @@ def write_report(sweep: Sweep, study: Any | None = None) -> Path:
     lines = [
         f"# Sweep `{cfg.name}`",
         "",
-        f"Base config `{sweep.base}`; {cfg.sampler} sampler; {len(rows)} of {cfg.total_trials} trials; "
+        f"Base config `{sweep.base}`; {cfg.sampler} sampler; {sum(r['state'] == 'complete' for r in rows)} of "
+        f"{cfg.total_trials} trials complete; "
         f"seeds {', '.join(map(str, cfg.seeds))}; metric `{cfg.metric}` ({cfg.direction}) from each run's last "
         "evaluation, averaged over the seeds, with a 95% t interval across seeds.",
         "",
