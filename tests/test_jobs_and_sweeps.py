@@ -133,6 +133,11 @@ def test_submit_local_runs_the_job_and_logs_into_the_run(tmp_path, tiny_model_di
     assert sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("adapter-*")) == [2]
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -142,7 +147,10 @@ def test_a_grid_sweep_survives_ctrl_c_and_writes_its_report(tmp_path, tiny_model
     path = _sweep_file(tmp_path, tiny_model_dir)
     sweep = Sweep(path)
     cmd = [sys.executable, str(REPO / "experiments" / "sweep.py"), str(path)]
-    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=_sigint_default,  # a shell's background job (e.g. CI started with &) inherits SIGINT ignored
+    )  # fmt: skip
     trials = sweep.trials_dir
     deadline = time.time() + 400
     started = []
