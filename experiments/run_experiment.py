@@ -1,11 +1,11 @@
 """Train one GRPO experiment from a YAML file, given by path or by the name of a shipped config.
 
-    uv run experiments/run_experiment.py quickstart                      # experiment_configs/quickstart.yaml
-    uv run experiments/run_experiment.py countdown --dry-run
-    uv run experiments/run_experiment.py configs/countdown.yaml --dry-run  # configs/ means experiment_configs/
-    uv run experiments/run_experiment.py path/to/my.yaml --set trainer.learning_rate=1e-4
-    uv run experiments/run_experiment.py quickstart --resume
-    uv run grpo-train quickstart --dry-run                               # the same command, as a console script
+uv run experiments/run_experiment.py quickstart                      # experiment_configs/quickstart.yaml
+uv run experiments/run_experiment.py countdown --dry-run
+uv run experiments/run_experiment.py configs/countdown.yaml --dry-run  # configs/ means experiment_configs/
+uv run experiments/run_experiment.py path/to/my.yaml --set trainer.learning_rate=1e-4
+uv run experiments/run_experiment.py quickstart --resume
+uv run grpo-train quickstart --dry-run                               # the same command, as a console script
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         "  run_experiment.py path/to/my.yaml --set trainer.max_steps=20\n"
         "  grpo-train quickstart --resume          (the console script, after `uv sync`)",
     )
+    add_run_arguments(parser, dry_run=True)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, dry_run: bool = False) -> None:
+    """CONFIG, --set, (--dry-run,) --resume and --overwrite: what every command that starts a run takes."""
     parser.add_argument(
         "config", metavar="CONFIG",
         help="experiment YAML path, or a shipped config name (quickstart, countdown, ...) from experiment_configs/",
@@ -40,17 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any key, value parsed as YAML (repeatable): --set trainer.max_steps=20 --set model.lora.r=8",
     )  # fmt: skip
-    parser.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and the plan; load no model")
+    if dry_run:
+        parser.add_argument(
+            "--dry-run", action="store_true", help="validate, print the resolved config and the plan; load no model"
+        )
     parser.add_argument("--resume", action="store_true", help="continue the run from its last trainer/checkpoint-<step>")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, refusing --resume with --overwrite."""
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_run_arguments(build_parser(), argv)
     return run_main(lambda: _train(args), interrupted=INTERRUPTED)
 
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from experiments.run_experiment import add_run_arguments, parse_run_arguments
 from training_with_unsloth.cli import command_name, run_main
 
 
@@ -67,25 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
         "  submit.py quickstart --local                 (the same job path, run here; waits for it)\n"
         "  submit.py countdown --slurm partition=gpu,gpus=1 --resume",
     )
-    parser.add_argument("config", metavar="CONFIG", help="experiment YAML path, or a shipped config name (quickstart, ...)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any config key, value parsed as YAML (repeatable)",
-    )  # fmt: skip
+    add_run_arguments(parser)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--slurm", metavar="KEY=VALUE,...", help="submit to SLURM with these sbatch parameters")
     where.add_argument("--local", action="store_true", help="run through submitit's local executor and wait for it")
-    parser.add_argument("--resume", action="store_true", help="continue the run from its last trainer checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
     parser.add_argument("--wait", action="store_true", help="with --slurm: wait for the job and report how it ended")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite contradict each other")
+    args = parse_run_arguments(build_parser(), argv)
     return run_main(lambda: _submit(args), interrupted="interrupted: the submitted job, if any, keeps running")
 
 

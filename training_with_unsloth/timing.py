@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 # In the order the console summary lists them. `loss` is the forward and backward pass of the loss with
 # what TRL does around it (advantages, old log-probs, the micro-batch split): training_step minus the
@@ -31,6 +32,7 @@ class PhaseTimer:
         self.total: dict[str, float] = {}
         self.since: dict[str, float] = {}
         self._stack: list[list] = []  # [name, started, seconds of nested phases]
+        self._open: Any = None  # the phase `start` opened, until `stop`
         self.calls = 0
 
     @contextmanager
@@ -60,7 +62,7 @@ class PhaseTimer:
         self._open.__enter__()
 
     def stop(self, name: str) -> None:
-        opened = getattr(self, "_open", None)
+        opened = self._open
         if opened is not None and self._stack and self._stack[-1][0] == name:
             self._open = None
             opened.__exit__(None, None, None)
