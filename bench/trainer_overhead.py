@@ -2,9 +2,12 @@
 
 Three variants, alternated in one process so machine noise hits them alike:
   plain    trl.GRPOTrainer
-  ours-off ResearchGRPOTrainer with no research callbacks (the subclass alone)
+  ours-off ResearchGRPOTrainer with no research callbacks and no KL diagnostics (the subclass alone)
   ours-on  ResearchGRPOTrainer with the config's research callbacks (metrics.jsonl, Pass@K at step
-           0 / every / end, adapter snapshots, live plots)
+           0 / every / end, adapter snapshots, live plots) and its KL settings
+Both of ours generate as the config says (`model.fast_generation`, on by default on the transformers
+backend: on a CPU that makes ours faster than plain TRL; under Unsloth it does not apply).
+After the ratios: each of ours' step-time breakdown (timing.py's phases, seconds per step).
 Each run loads a fresh model (LoRA is attached in place) and times `trainer.train()` for N steps.
 
     uv run bench/trainer_overhead.py                      # embedded model, quickstart settings
@@ -36,6 +39,7 @@ def main() -> int:
     from training_with_unsloth.models import backends
     from training_with_unsloth.plan import prepare
     from training_with_unsloth.rundir import RunDir
+    from training_with_unsloth.timing import PHASES
 
     overrides = [f"trainer.max_steps={args.steps}", "logging.wandb=disabled", "trainer.save_strategy=no", *args.overrides]
     cfg = load_config(args.config, overrides)
@@ -48,6 +52,7 @@ def main() -> int:
     from trl import GRPOTrainer
 
     import rewards
+    from training_with_unsloth.controls.kl import KLSettings  # controls/ only after backends.prepare()
 
     funcs, weights = rewards.build(prep.reward_specs)
     train_ds, eval_ds = prep.task.build(cfg.seed)
@@ -65,15 +70,21 @@ def main() -> int:
                 prep, run, args=targs, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
                 train_ds=train_ds, eval_ds=eval_ds, reward_funcs=funcs, reward_weights=weights,
                 callbacks=extras if variant == "ours-on" else [],
+                kl=KLSettings(diagnostics=False) if variant == "ours-off" else None,
                 trainer_cls=GRPOTrainer if variant == "plain" else None,
             )  # fmt: skip
             trainer.remove_callback(ProgressCallback)  # quiet: the figures below are what this prints
             t0 = time.perf_counter()
             trainer.train()
-            return (time.perf_counter() - t0) / args.steps
+            seconds = (time.perf_counter() - t0) / args.steps
+            timer = getattr(trainer, "timer", None)  # the step-time breakdown (timing.py); plain TRL has none
+            if timer is not None:
+                phases[variant].append({k: v / args.steps for k, v in timer.total.items()})
+            return seconds
 
     variants = ["plain", "ours-off", "ours-on"]
     times: dict[str, list[float]] = {v: [] for v in variants}
+    phases: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     print(f"backend {prep.backend}, model {cfg.model.name}, {args.steps} steps x {args.repeats} rounds; "
           f"ours-on = eval at {prep.eval_steps}, adapters at {prep.checkpoint_steps}", flush=True)  # fmt: skip
     for r in range(args.repeats):
@@ -88,6 +99,12 @@ def main() -> int:
         print(f"  {v:9s} {med[v]:.3f}   (all: {', '.join(f'{x:.3f}' for x in times[v])})")
     print(f"ratio ours-off / plain: {med['ours-off'] / med['plain']:.3f}")
     print(f"ratio ours-on  / plain: {med['ours-on'] / med['plain']:.3f}")
+    print("\nwhere a step goes (seconds per step, median over rounds; time/<phase> of the run's breakdown):")
+    for v in variants:
+        if phases[v]:
+            names = [p for p in PHASES if any(p in r for r in phases[v])]
+            cells = [f"{p} {statistics.median(r.get(p, 0.0) for r in phases[v]):.3f}" for p in names]
+            print(f"  {v:9s} " + ", ".join(cells))
     return 0
 
 

@@ -71,6 +71,33 @@ def write_untrained_run(path: Path, model_dir: Path, steps: tuple[int, ...] = (2
     return run.path
 
 
+def tiny_trainer(tmp_path: Path, model_dir: Path, overrides: dict, **build: Any) -> tuple[Any, Any, Any]:
+    """(trainer, its GRPOConfig, the training set) of `tiny_config` with `overrides`, on the transformers backend.
+
+    `build` goes to `build_trainer` (e.g. `callbacks=[]`, `kl=...`); the trainer is built, never trained.
+    """
+    import rewards
+    from training_with_unsloth.assembly import build_grpo_config, build_trainer
+    from training_with_unsloth.config import validate
+    from training_with_unsloth.models import backends
+    from training_with_unsloth.plan import prepare
+    from training_with_unsloth.rundir import RunDir
+
+    cfg = validate(tiny_config(tmp_path, model_dir, **overrides))
+    prep = prepare(cfg, cuda=False)
+    backends.prepare("transformers")
+    funcs, weights = rewards.build(prep.reward_specs)
+    run = RunDir(tmp_path / "run")
+    args = build_grpo_config(cfg, run, weights, cuda=False)
+    loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
+    train_ds, _ = prep.task.build(cfg.seed)
+    trainer = build_trainer(
+        prep, run, args=args, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
+        train_ds=train_ds, **build,
+    )  # fmt: skip
+    return trainer, args, train_ds
+
+
 def unsloth_cpu_trainer(cfg: Any, *, pad_token: str | None = None, kl: Any = None) -> tuple[Any, Any]:
     """(trainer, run) of `cfg` under Unsloth's GRPOConfig and trainer, around a PEFT-wrapped transformers model.
 

@@ -7,15 +7,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from training_with_unsloth.assembly import build_grpo_config, build_trainer, kl_settings
+from training_with_unsloth.assembly import kl_settings
 from training_with_unsloth.config import validate
 from training_with_unsloth.controls.kl import AdaptiveKL, KLSettings, per_token, token_mean_estimates
 from training_with_unsloth.errors import ConfigError
-from training_with_unsloth.models import backends
 from training_with_unsloth.plan import prepare
-from training_with_unsloth.rundir import RunDir
 
-from .helpers import tiny_config
+from .helpers import tiny_trainer
 
 
 def test_estimators_match_their_formulas():
@@ -51,20 +49,7 @@ def trainer_and_batch(tmp_path_factory, tiny_model_dir):
     """
     tmp = tmp_path_factory.mktemp("kl")
     overrides = {"trainer.beta": 0.2, "trainer.max_completion_length": 8, "trainer.temperature": 1.2}
-    cfg = validate(tiny_config(tmp, tiny_model_dir, **overrides))
-    prep = prepare(cfg, cuda=False)
-    backends.prepare("transformers")
-    import rewards
-
-    funcs, weights = rewards.build(prep.reward_specs)
-    run = RunDir(tmp / "run")
-    args = build_grpo_config(cfg, run, weights, cuda=False)
-    loaded = backends.load(cfg.model, "transformers", seed=cfg.seed, gradient_checkpointing=False)
-    train_ds, _ = prep.task.build(cfg.seed)
-    trainer = build_trainer(
-        prep, run, args=args, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
-        train_ds=train_ds, callbacks=[], kl=KLSettings(diagnostics=True),
-    )
+    trainer, args, train_ds = tiny_trainer(tmp, tiny_model_dir, overrides, callbacks=[], kl=KLSettings(diagnostics=True))
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     # make the adapter non-trivial so policy and reference differ

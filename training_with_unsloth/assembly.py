@@ -255,7 +255,8 @@ def build_trainer(
             trainer = trainer_cls(**common)
         else:
             kl = kl if kl is not None else kl_settings(cfg, prep.backend)
-            trainer = ResearchGRPOTrainer(**common, research_callbacks=callbacks, kl=kl)
+            fast = cfg.model.fast_generation and prep.backend == "transformers"
+            trainer = ResearchGRPOTrainer(**common, research_callbacks=callbacks, kl=kl, fast_generation=fast)
     except (TypeError, ValueError) as exc:  # TRL and Unsloth validate settings when the trainer is built
         text = str(exc).strip()
         raise ConfigError(f"trainer: {text.splitlines()[0] if text else type(exc).__name__}") from None

@@ -93,6 +93,12 @@ class ModelConfig(_Section):
     download: bool = Field(
         False, description="allow downloading a hub model that is not cached (otherwise a one-line error saying how to fetch it)"
     )
+    fast_generation: bool = Field(
+        True,
+        description="transformers backend: prefill each distinct prompt once, generate with the LoRA adapter merged into "
+        "temporary float32 weights and (CPU) oneDNN matrix products; the completions of plain `generate` up to float32 "
+        "rounding (Unsloth keeps its own generation)",
+    )
     lora: LoraConfig = Field(LoraConfig(), description="the LoRA adapter")
     init_adapter: str | None = Field(
         None,

@@ -139,8 +139,8 @@ def estimate(cfg: Any, args: Any, shape: Shape) -> list[Part]:
     s = int(m.max_seq_length)
     completion = int(args.max_completion_length)
     h, kv = shape.hidden, shape.kv_heads * shape.head_dim
-    per_layer = 2 * s * b * (6 * h + 2 * kv + 4 * shape.intermediate)  # 16-bit tensors a layer keeps for backward
-    checkpointed = shape.layers * 2 * s * b * h + per_layer  # layer inputs kept, one layer recomputed at a time
+    per_layer = compute * s * b * (6 * h + 2 * kv + 4 * shape.intermediate)  # tensors a layer keeps for backward
+    checkpointed = shape.layers * compute * s * b * h + per_layer  # layer inputs kept, one layer recomputed at a time
     full = shape.layers * per_layer
     gc = bool(getattr(args, "gradient_checkpointing", False))
     parts.append(Part(
@@ -148,10 +148,10 @@ def estimate(cfg: Any, args: Any, shape: Shape) -> list[Part]:
         f"loss micro-batch {b} x {s} tokens, gradient checkpointing {'on' if gc else 'off'} "
         f"({_gib(checkpointed)} on, {_gib(full)} off)",
     ))  # fmt: skip
-    logits = b * completion * shape.vocab * (2 + 4)
+    logits = b * completion * shape.vocab * (compute + 4)
     parts.append(Part(
         "logits", logits,
-        f"{b} x {completion} completion tokens x {shape.vocab} vocabulary, 16-bit logits and a float32 log-softmax "
+        f"{b} x {completion} completion tokens x {shape.vocab} vocabulary, {8 * compute}-bit logits and a float32 log-softmax "
         "(an upper bound: Unsloth computes log-probs in chunks)",
     ))  # fmt: skip
     rows = int(getattr(args, "generation_batch_size", None) or b * int(getattr(args, "steps_per_generation", None) or 1))

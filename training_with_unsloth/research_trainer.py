@@ -38,9 +38,11 @@ class ResearchGRPOTrainer(GRPOTrainer):
         *args,
         research_callbacks: Sequence[TrainerCallback] = (),
         kl: kl_math.KLSettings | None = None,
+        fast_generation: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.fast_generation = fast_generation  # generation.py: same completions, fewer and faster products
         self.kl = kl or kl_math.KLSettings()
         if self.kl.in_loss and self.beta != 0.0:
             raise ValueError("the toolkit's KL term and trainer.beta cannot both be on")
@@ -112,8 +114,23 @@ class ResearchGRPOTrainer(GRPOTrainer):
             return super().training_step(*args, **kwargs)
 
     def _generate_single_turn(self, *args, **kwargs):
-        with self.timer.phase("generation"):
+        with self.timer.phase("generation"), self._fast_generate():
             return super()._generate_single_turn(*args, **kwargs)
+
+    def _generation_models(self) -> list[Any]:
+        """The models whose `generate` TRL's generation path calls (the unwrapped one, and the trainer's own)."""
+        return [self.model, self.accelerator.unwrap_model(self.model_wrapped)]
+
+    @contextmanager
+    def _fast_generate(self) -> Iterator[None]:
+        """TRL's `generate` calls through `generation.fast_generate` while active (`model.fast_generation`)."""
+        if not self.fast_generation or self.use_vllm or getattr(self, "use_transformers_continuous_batching", False):
+            yield
+            return
+        from training_with_unsloth.generation import fast_generate, patched_generate
+
+        with patched_generate(self._generation_models(), fast_generate):
+            yield
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         with self.timer.phase("rewards"):
@@ -331,22 +348,13 @@ class ResearchGRPOTrainer(GRPOTrainer):
             return
         if count != 1:
             raise ValueError("streaming generates one completion: one prompt, num_samples 1")
-        models = {id(m): m for m in (self.model, self.accelerator.unwrap_model(self.model_wrapped))}.values()
-        originals = {id(m): m.__dict__.get("generate") for m in models}
+        from training_with_unsloth.generation import patched_generate
 
-        def wrap(method):
+        def wrap(_model, method):
             return lambda *a, **kw: method(*a, **{**kw, "streamer": streamer})
 
-        for m in models:
-            m.generate = wrap(m.generate)
-        try:
+        with patched_generate(self._generation_models(), wrap):
             yield
-        finally:
-            for m in models:
-                if originals[id(m)] is None:
-                    del m.generate
-                else:
-                    m.generate = originals[id(m)]
 
     @torch.no_grad()
     def generate_completions(
