@@ -35,36 +35,8 @@ import sys
 import time
 
 
-def memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
-    """Bytes per second of a large tensor copy (read + write)."""
-    import torch
-
-    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32).uniform_()
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() * 4 / best
-
-
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    """FLOPs per second of an n x n float32 matmul."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
 def _best_of(fn, repeats: int) -> float:
+    """Fewest seconds of `repeats` calls of `fn`, after one warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -72,6 +44,23 @@ def _best_of(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of a large tensor copy (read + write)."""
+    import torch
+
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / _best_of(lambda: dst.copy_(src), repeats)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """FLOPs per second of an n x n float32 matmul."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / _best_of(lambda: a @ b, repeats)
 
 
 def decode_floors(model, rows: int, repeats: int = 5) -> dict[str, float]:
