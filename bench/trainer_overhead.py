@@ -12,6 +12,7 @@ Each run loads a fresh model (LoRA is attached in place) and times `trainer.trai
 
     uv run bench/trainer_overhead.py                      # embedded model, quickstart settings
     uv run bench/trainer_overhead.py --steps 8 --repeats 3
+    uv run bench/trainer_overhead.py --config countdown --variants plain,ours-off --json overhead.json   # on a GPU
 """
 
 from __future__ import annotations
@@ -26,23 +27,40 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "experiment_configs" / "quickstart.yaml"))
-    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per timed run")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds of the three variants")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args()
+VARIANTS = ("plain", "ours-off", "ours-on")
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "experiment_configs" / "quickstart.yaml"),
+                    help="experiment YAML path or shipped config name (default: quickstart)")  # fmt: skip
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per timed run")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the variants")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--json", type=Path, metavar="PATH", help="also write each variant's s/step (all rounds, median)")
+    args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or any(v not in VARIANTS for v in variants) or "plain" not in variants:
+        ap.error(f"--variants: a comma-separated list from {', '.join(VARIANTS)} that includes plain")
+
+    from training_with_unsloth.cli import run_main
+
+    return run_main(lambda: _run(args, variants))
+
+
+def _run(args: argparse.Namespace, variants: list[str]) -> int:
+    """Time the variants, alternated, and print (and with --json write) their s/step and ratios."""
     from training_with_unsloth.assembly import build_grpo_config, build_trainer, research_callbacks
     from training_with_unsloth.config import load_config
+    from training_with_unsloth.config_files import resolve_config
     from training_with_unsloth.models import backends
     from training_with_unsloth.plan import prepare
     from training_with_unsloth.rundir import RunDir
     from training_with_unsloth.timing import PHASES
 
     overrides = [f"trainer.max_steps={args.steps}", "logging.wandb=disabled", "trainer.save_strategy=no", *args.overrides]
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(resolve_config(args.config), overrides)
     backends.offline_environment(False)
     cuda = backends.cuda_available()
     prep = prepare(cfg, cuda=cuda)
@@ -61,7 +79,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             run = RunDir(Path(tmp) / cfg.name)
             run.create()
-            targs = build_grpo_config(cfg, run, weights, cuda=cuda)
+            targs = build_grpo_config(cfg, run, weights, cuda=cuda, backend=prep.backend)
             set_seed(cfg.seed)
             loaded = backends.load(cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=targs.gradient_checkpointing)
             extras = research_callbacks(prep, run, eval_ds, funcs, weights, targs.max_completion_length)
@@ -82,7 +100,6 @@ def main() -> int:
                 phases[variant].append({k: v / args.steps for k, v in timer.total.items()})
             return seconds
 
-    variants = ["plain", "ours-off", "ours-on"]
     times: dict[str, list[float]] = {v: [] for v in variants}
     phases: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     print(f"backend {prep.backend}, model {cfg.model.name}, {args.steps} steps x {args.repeats} rounds; "
@@ -97,8 +114,15 @@ def main() -> int:
     print("\nseconds per step (median over rounds):")
     for v in variants:
         print(f"  {v:9s} {med[v]:.3f}   (all: {', '.join(f'{x:.3f}' for x in times[v])})")
-    print(f"ratio ours-off / plain: {med['ours-off'] / med['plain']:.3f}")
-    print(f"ratio ours-on  / plain: {med['ours-on'] / med['plain']:.3f}")
+    for v in (x for x in variants if x != "plain"):
+        print(f"ratio {v} / plain: {med[v] / med['plain']:.3f}")
+    if args.json is not None:
+        import json
+
+        record = {"backend": prep.backend, "model": cfg.model.name, "steps": args.steps, "repeats": args.repeats,
+                  "seconds_per_step": times, "median": med}  # fmt: skip
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     print("\nwhere a step goes (seconds per step, median over rounds; time/<phase> of the run's breakdown):")
     for v in variants:
         if phases[v]:

@@ -2,14 +2,20 @@
 
     uv run bench/vram_profile.py                                   # countdown: its model must be cached
     uv run bench/vram_profile.py --config quickstart --steps 1     # the embedded model (on a CPU: RSS)
-    # a GPU without the hub model: random weights with Qwen2.5-1.5B's layers (bench/random_model.py)
+    # a GPU without the hub model: random weights with Qwen2.5-1.5B's layers and vocabulary (bench/random_model.py)
     uv run bench/random_model.py --shape qwen2.5-1.5b --out /tmp/qwen-shape
     uv run bench/vram_profile.py --config countdown --set model.name=/tmp/qwen-shape
+    # the real run (research controls, Pass@K, checkpoints, its run directory) measured the same way
+    uv run bench/vram_profile.py --config countdown --run --set model.name=/tmp/qwen-shape --set name=cd-mem --json mem.json
 
-The model loads through `backends.load` (Unsloth on CUDA, transformers + PEFT on a CPU), the trainer is
-`assembly.build_trainer` with no research callbacks (no Pass@K or snapshots; save_strategy no, wandb
-disabled, a temporary run directory), and `--steps` optimizer steps run (it sets trainer.max_steps,
-over any --set). The estimate is memory.estimate with the GRPOConfig built for the run. Each row:
+The model loads through `backends.load` (Unsloth on CUDA, transformers + PEFT on a CPU). By default the
+trainer is `assembly.build_trainer` with no research callbacks (no Pass@K or snapshots; save_strategy no,
+wandb disabled, a temporary run directory), `--steps` optimizer steps run (it sets trainer.max_steps,
+over any --set), then one Pass@K batch is generated (`eval.batch_size` sequences through
+`generate_completions`, as training-time Pass@K does; `--no-passk` skips it). With `--run` the run is the
+experiment itself (`experiment.plan -> assemble -> record -> train`: research controls, Pass@K at its steps,
+checkpoints, into `<output_dir>/<name>`), so its run directory is kept. The estimate is
+memory.estimate_for with the GRPOConfig built for the run, for the backend and device that run it. Each row:
 
   base weights   after backends.load minus before it (Unsloth: up to its get_peft_model call)
   LoRA weights   after build_trainer minus after the base loaded (PEFT or Unsloth attaches the adapter)
@@ -20,16 +26,18 @@ over any --set). The estimate is memory.estimate with the GRPOConfig built for t
   act. + logits  peak in training_step outside generation and scoring (the loss forward and backward)
                  minus what was in use when training_step began, minus the gradients it allocated (a
                  step's first micro-batch does; the gradients row counts them)
-  KV cache       peak in _generate_single_turn minus what was in use before it: the KV cache and
-                 generation's transients (logits, sampling, model.fast_generation's merged weights)
-  scoring        peak in _generate_and_score_completions outside generation (no estimate): rewards and
-                 the no-grad log-prob passes (old policy, reference, KL diagnostics)
+  KV cache       peak in _generate_single_turn during training minus what was in use before it: the KV cache
+                 and generation's transients (logits, sampling, model.fast_generation's merged weights)
+  Pass@K cache   the same window during Pass@K generation (generate_completions)
+  scoring        peak in _generate_and_score_completions outside generation: rewards and the no-grad
+                 log-prob passes (old policy, reference, KL diagnostics)
   peak           the highest reading of the run minus the reading before the model loaded
 
 Windows are exclusive, as timing.py's phases: a nested window's peak is its own, not its parent's. A
 row shows the largest of a window's calls; the line under the table lists each call. The `tensors`
 column adds up the storage of the tensors themselves (parameters and buffers, trainable parameters,
 .grad, optimizer.state): exact and allocator-free, it checks the formulas apart from the allocator.
+`--json PATH` writes the same figures (GiB) for scripts: bench/gpu_acceptance.py prints them as RESULT lines.
 
 On CUDA the memory is torch.cuda.memory_allocated and the peak max_memory_allocated, its counter reset at
 each window's edges: the CUDA context and the allocator's cache are not in it (the verdict adds
@@ -42,7 +50,7 @@ are in it too (everything is imported before the first reading, so the rows are 
 but first-call caches land in the window that first calls); weights loaded in their file's dtype are
 pages of the safetensors file, resident once read (each weight is read once after loading so that
 they count as base weights, not in the first generation). A spike shorter than 2 ms can be missed.
-On a CPU `model.dtype: auto` loads float32, so the estimate is made for float32.
+On a CPU the estimate is memory.py's CPU one (transformers, float32 with `model.dtype: auto`).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -351,100 +360,146 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config key (repeatable)")  # fmt: skip
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps to run (sets trainer.max_steps; default 2)")
+    ap.add_argument("--run", action="store_true", help="profile the experiment itself (research controls, Pass@K at its "
+                    "steps, checkpoints) and keep its run directory")  # fmt: skip
+    ap.add_argument("--overwrite", action="store_true", help="with --run: replace an existing run of that name")
+    ap.add_argument("--no-passk", dest="passk", action="store_false", help="without --run: skip the Pass@K batch")
+    ap.add_argument("--json", type=Path, metavar="PATH", help="also write the figures (GiB) as JSON")
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be at least 1")
 
     from training_with_unsloth.cli import run_main
 
-    return run_main(lambda: profile(args.config, args.overrides, args.steps))
+    def body() -> int:
+        result = profile(args.config, args.overrides, args.steps, run=args.run, overwrite=args.overwrite, passk=args.passk)
+        print(result.text())
+        if args.json is not None:
+            import json
+
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        return 0
+
+    return run_main(body)
 
 
-def profile(config: str, user_overrides: list[str], steps: int) -> int:
-    import gc
-    import tempfile
+@dataclass
+class Profile:
+    """What one profiled run measured, with the estimate beside it (bytes)."""
 
-    from training_with_unsloth import memory
-    from training_with_unsloth.config import load_config
-    from training_with_unsloth.config_files import resolve_config
-    from training_with_unsloth.models import backends
-    from training_with_unsloth.plan import prepare
-    from training_with_unsloth.rundir import RunDir
+    header: list[str]
+    rows: list[Row]
+    label: str  # what the measured column is (CUDA allocated / CPU RSS)
+    cuda: bool
+    estimate_peak: float
+    measured_peak: float
+    reserved_peak: float | None
+    calls: dict[str, list[float]]
+    missing: list[str]
+    meta: dict[str, Any]
 
-    path = resolve_config(config)
-    overrides = ["logging.wandb=disabled", "trainer.save_strategy=no", *user_overrides, f"trainer.max_steps={steps}"]
-    cfg = load_config(path, overrides)
-    backends.offline_environment(cfg.model.download)
-    cuda = backends.cuda_available()
-    prep = prepare(cfg, cuda=cuda)
-    backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)  # not cached: one line, now
-    backends.prepare(prep.backend)  # before anything imports trl (Unsloth patches it on import)
-
-    import torch
-    from transformers import ProgressCallback, TrainerCallback, set_seed
-
-    import rewards
-    import training_with_unsloth.research_trainer  # noqa: F401  (imported before the first reading)
-    from training_with_unsloth.assembly import build_grpo_config, build_trainer
-
-    funcs, weights = rewards.build(prep.reward_specs, on_error=cfg.rewards_on_error)
-    train_ds, eval_ds = prep.task.build(cfg.seed)
-    tmp = tempfile.TemporaryDirectory(prefix="vram-profile-")
-    run = RunDir(Path(tmp.name) / cfg.name)
-    run.create()
-    targs = build_grpo_config(cfg, run, weights, cuda=cuda, backend=prep.backend)
-
-    # The estimate --dry-run prints, for the dtype this machine loads (auto is float32 on a CPU).
-    dtype = str(backends.torch_dtype(cfg.model.dtype, cuda)).removeprefix("torch.")
-    est_cfg = cfg
-    if cfg.model.dtype == "auto" and dtype == "float32":
-        est_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "float32"})})
-    found = memory.model_shape(cfg.model)
-    if found is None:  # not expected: a model that resolved has its config.json here
-        from transformers import AutoConfig
-
-        local = backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
-        found = memory.shape_of(AutoConfig.from_pretrained(local, local_files_only=not cfg.model.download)), "its config.json"
-    shape, source = found
-    estimated = memory.estimate(est_cfg, targs, shape)
-    parts = {p.name: p.bytes for p in estimated}
-    est_peak = memory.peak(estimated)
-
-    probe = CudaProbe() if cuda else RssProbe()
-    try:
-        gc.collect()
-        meter = Meter(probe)
-        meter.mark("start")
-        tensors: dict[str, float] = {}
-        set_seed(cfg.seed)
-        with _mark_before_lora(prep.backend, meter, tensors):
-            loaded = backends.load(
-                cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(targs.gradient_checkpointing)
+    def text(self) -> str:
+        lines = ["", *self.header, "", format_table(self.rows, self.label), ""]
+        if self.cuda:
+            lines.append(f"estimate: {verdict(self.estimate_peak)}")
+            lines.append(
+                f"measured: {verdict(self.measured_peak)} (allocated; reserved peak {(self.reserved_peak or 0) / GIB:.2f} GiB)"
             )
-        if not cuda:
-            touch(loaded.model)
-        if "base" not in meter.marks:  # transformers: backends.load returns the base; the trainer attaches LoRA
-            meter.mark("base")
-            tensors["base weights"] = weight_bytes(loaded.model)
-        trainer = build_trainer(
-            prep, run, args=targs, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
-            train_ds=train_ds, eval_ds=eval_ds, reward_funcs=funcs, reward_weights=weights, callbacks=[],
-        )  # fmt: skip
-        trainer.remove_callback(ProgressCallback)  # quiet: the table is what this prints
-        meter.mark("built")
-        tensors["LoRA weights"] = trainable_bytes(trainer.model)
+        else:
+            lines.append(f"estimate: {self.estimate_peak / GIB:.2f} GiB of host memory ({self.meta.get('estimate_for')})")
+            lines.append("measured: CPU RSS is not GPU memory, so it gives no 16 GB verdict; rerun on a GPU for one")
+        if self.calls:
+            calls = (f"{k} {', '.join(f'{v / GIB:.3f}' for v in vs)}" for k, vs in self.calls.items())
+            lines.append("per call (GiB): " + "; ".join(calls))
+        if self.missing:
+            lines.append(f"not measured (the hook never ran): {', '.join(self.missing)}")
+        return "\n".join(lines)
 
-        seen: dict[str, int] = {}
+    def to_json(self) -> dict[str, Any]:
+        def gib(value: float | None) -> float | None:
+            return None if value is None else round(value / GIB, 4)
 
-        def note_lengths(output: Any) -> None:
-            if isinstance(output, dict) and "prompt_ids" in output and "completion_ids" in output:
-                seen["prompt"] = max(seen.get("prompt", 0), int(output["prompt_ids"].shape[1]))
-                seen["completion"] = max(seen.get("completion", 0), int(output["completion_ids"].shape[1]))
-                seen["rows"] = max(seen.get("rows", 0), int(output["completion_ids"].shape[0]))
+        return {
+            **self.meta,
+            "measured_as": self.label,
+            "rows": [
+                {
+                    "part": r.name,
+                    "estimate_gib": gib(r.estimate),
+                    "measured_gib": gib(r.measured),
+                    "tensors_gib": gib(r.tensors),
+                    "measured_as": r.how,
+                }
+                for r in self.rows
+            ],  # fmt: skip
+            "estimate_peak_gib": gib(self.estimate_peak),
+            "measured_peak_gib": gib(self.measured_peak),
+            "reserved_peak_gib": gib(self.reserved_peak),
+            "per_call_gib": {k: [gib(v) for v in vs] for k, vs in self.calls.items()},
+            "not_measured": self.missing,
+        }
 
+
+class Profiler:
+    """The meter of one run and the hooks that feed it: marks around the model load and the first optimizer
+    step, exclusive windows around the trainer's loss step, scoring and generation (training or Pass@K)."""
+
+    def __init__(self, probe: Any) -> None:
+        self.probe = probe
+        self.meter = Meter(probe)
+        self.tensors: dict[str, float] = {}
+        self.seen: dict[str, int] = {}
+        self.in_passk = False
+
+    @contextmanager
+    def loading(self, backend: str) -> Iterator[None]:
+        """Around the model load: mark `base` once the base model is in memory (under Unsloth as its
+        get_peft_model begins; on transformers when backends.load returns, however it is called)."""
+        from training_with_unsloth.models import backends
+
+        original = backends.load
+
+        def load(*args: Any, **kwargs: Any) -> Any:
+            loaded = original(*args, **kwargs)
+            if "base" not in self.meter.marks:  # transformers: backends.load returns the base; the trainer attaches LoRA
+                if not self._cuda():
+                    touch(loaded.model)
+                self.meter.mark("base")
+                self.tensors["base weights"] = weight_bytes(loaded.model)
+            return loaded
+
+        backends.load = load
+        try:
+            with _mark_before_lora(backend, self.meter, self.tensors):
+                yield
+        finally:
+            backends.load = original
+
+    def _cuda(self) -> bool:
+        return isinstance(self.probe, CudaProbe)
+
+    def built(self, trainer: Any) -> None:
+        """After the trainer is built: mark it, and hook its phases and its first optimizer step."""
+        from transformers import TrainerCallback
+
+        self.meter.mark("built")
+        self.tensors["LoRA weights"] = trainable_bytes(trainer.model)
+        meter, tensors = self.meter, self.tensors
         _wrap(trainer, "training_step", meter, "loss", less=lambda: grad_bytes(trainer.model))
-        _wrap(trainer, "_generate_and_score_completions", meter, "scoring", after=note_lengths)
-        _wrap(trainer, "_generate_single_turn", meter, "generation")
+        _wrap(trainer, "_generate_and_score_completions", meter, "scoring", after=self._note_lengths)
+        _wrap(trainer, "_generate_single_turn", meter, lambda: "passk" if self.in_passk else "generation")
+        original = getattr(trainer, "generate_completions", None)
+        if original is not None:
+
+            def generate_completions(*args: Any, **kwargs: Any) -> Any:
+                self.in_passk = True
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self.in_passk = False
+
+            trainer.generate_completions = generate_completions
 
         class StepMarks(TrainerCallback):
             """Memory around the first optimizer step (global_step 0 before it, 1 after)."""
@@ -464,84 +519,196 @@ def profile(config: str, user_overrides: list[str], steps: int) -> int:
                     meter.mark("step_end")
 
         trainer.add_callback(StepMarks())
-        trainer.train()
-        meter.mark("end")
+
+    def _note_lengths(self, output: Any) -> None:
+        if isinstance(output, dict) and "prompt_ids" in output and "completion_ids" in output:
+            seen = self.seen
+            seen["prompt"] = max(seen.get("prompt", 0), int(output["prompt_ids"].shape[1]))
+            seen["completion"] = max(seen.get("completion", 0), int(output["completion_ids"].shape[1]))
+            seen["rows"] = max(seen.get("rows", 0), int(output["completion_ids"].shape[0]))
+
+    def rows(self, parts: dict[str, float], backend: str) -> list[Row]:
+        """The table: each part's estimate beside what was measured for it."""
+        m, t = self.meter, self.tensors
+        return [
+            Row("base weights", parts["base weights"], m.delta("base", "start"), t.get("base weights"),
+                "after backends.load - before" + (" (to get_peft_model)" if backend == "unsloth" else "")),
+            Row("LoRA weights", parts["LoRA weights"], m.delta("built", "base"), t.get("LoRA weights"),
+                "after build_trainer - base loaded"),
+            Row("gradients", parts["gradients"], m.delta("post_optimizer", "step_end"), t.get("gradients"),
+                "freed by zero_grad after step 1"),
+            Row("optimizer", parts["optimizer"], m.delta("post_optimizer", "pre_optimizer"), t.get("optimizer"),
+                "growth over step 1's optimizer.step()"),
+            Row("activations", parts["activations"], None, None, "(measured with the logits)"),
+            Row("logits", parts["logits"], None, None, "(measured with the activations)"),
+            Row("act. + logits", parts["activations"] + parts["logits"], m.window_value("loss"), None,
+                "peak in training_step outside generation/scoring"),
+            Row("KV cache", parts["KV cache"], m.window_value("generation"), None, "peak in training's _generate_single_turn"),
+            Row("Pass@K cache", parts["Pass@K cache"], m.window_value("passk"), None, "peak in Pass@K's _generate_single_turn"),
+            Row("scoring", parts["scoring"], m.window_value("scoring"), None, "peak in scoring outside generation"),
+        ]  # fmt: skip
+
+
+WINDOW_NAMES = {**WINDOW_LABELS, "passk": "Pass@K generation"}
+
+
+def profile(config: str, user_overrides: list[str], steps: int, *, run: bool = False, overwrite: bool = False,
+            passk: bool = True) -> Profile:  # fmt: skip
+    """Train `steps` optimizer steps of `config` (the bare trainer, or with `run` the experiment itself) and
+    measure each phase's memory beside memory.py's estimate."""
+    import gc
+    import tempfile
+
+    from training_with_unsloth import memory
+    from training_with_unsloth.config import load_config
+    from training_with_unsloth.config_files import resolve_config
+    from training_with_unsloth.models import backends
+
+    path = resolve_config(config)
+    overrides = ["logging.wandb=disabled", *([] if run else ["trainer.save_strategy=no"]), *user_overrides,
+                 f"trainer.max_steps={steps}"]  # fmt: skip
+    cfg = load_config(path, overrides)
+    tmp = None
+    if run:
+        from training_with_unsloth import experiment
+
+        plan = experiment.plan(cfg, overwrite=overwrite)
+        prep, targs, cuda, run_dir = plan.prep, plan.args, plan.cuda, plan.run
+    else:
+        from training_with_unsloth.plan import prepare
+        from training_with_unsloth.rundir import RunDir
+
+        backends.offline_environment(cfg.model.download)
+        cuda = backends.cuda_available()
+        prep = prepare(cfg, cuda=cuda)
+        backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)  # not cached: one line, now
+        backends.prepare(prep.backend)  # before anything imports trl (Unsloth patches it on import)
+        import rewards
+        from training_with_unsloth.assembly import build_grpo_config
+
+        funcs, weights = rewards.build(prep.reward_specs, on_error=cfg.rewards_on_error)
+        tmp = tempfile.TemporaryDirectory(prefix="vram-profile-")
+        run_dir = RunDir(Path(tmp.name) / cfg.name)
+        run_dir.create()
+        targs = build_grpo_config(cfg, run_dir, weights, cuda=cuda, backend=prep.backend)
+
+    import torch
+    from transformers import ProgressCallback, set_seed
+
+    import training_with_unsloth.research_trainer  # noqa: F401  (imported before the first reading)
+    from training_with_unsloth.assembly import build_trainer
+
+    # The estimate --dry-run prints, for the backend and device that run it here.
+    est_target = memory.target(cfg, prep.backend, cuda)
+    found = memory.model_shape(cfg.model)
+    if found is None:  # not expected: a model that resolved has its config.json here
+        from transformers import AutoConfig
+
+        local = backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
+        found = memory.shape_of(AutoConfig.from_pretrained(local, local_files_only=not cfg.model.download)), "its config.json"
+    shape, source = found
+    estimated = memory.estimate_for(cfg, targs, shape, est_target)
+    parts = {p.name: p.bytes for p in estimated}
+    est_peak = memory.peak(estimated)
+
+    probe = CudaProbe() if cuda else RssProbe()
+    try:
+        gc.collect()
+        prof = Profiler(probe)
+        prof.meter.mark("start")
+        set_seed(cfg.seed)
+        if run:
+            with prof.loading(prep.backend):
+                assembled = experiment.assemble(plan)
+            trainer, loaded = assembled.trainer, assembled.loaded
+            experiment.record(plan, assembled)
+        else:
+            with prof.loading(prep.backend):
+                loaded = backends.load(
+                    cfg.model, prep.backend, seed=cfg.seed, gradient_checkpointing=bool(targs.gradient_checkpointing)
+                )
+            train_ds, eval_ds = prep.task.build(cfg.seed)
+            trainer = build_trainer(
+                prep, run_dir, args=targs, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
+                train_ds=train_ds, eval_ds=eval_ds, reward_funcs=funcs, reward_weights=weights, callbacks=[],
+            )  # fmt: skip
+            trainer.remove_callback(ProgressCallback)  # quiet: the table is what this prints
+        prof.built(trainer)
+        started = time.perf_counter()
+        if run:
+            experiment.train(plan, assembled)
+        else:
+            trainer.train()
+        seconds = time.perf_counter() - started
+        if passk and not run and cfg.eval.enabled:
+            ev = cfg.eval
+            per = max(1, ev.batch_size // ev.num_samples)
+            prompts = [row["prompt"] for row in list(eval_ds)[:per]]
+            trainer.generate_completions(
+                prompts, num_samples=ev.num_samples, greedy=False, temperature=ev.temperature,
+                max_new_tokens=ev.max_new_tokens or targs.max_completion_length, batch_size=ev.batch_size,
+            )  # fmt: skip
+        prof.meter.mark("end")
     finally:
         probe.close()
-        tmp.cleanup()
+        if tmp is not None:
+            tmp.cleanup()
 
+    meter = prof.meter
     measured_peak = meter.overall - meter.marks["start"]
-    rows = [
-        Row("base weights", parts["base weights"], meter.delta("base", "start"), tensors.get("base weights"),
-            "after backends.load - before" + (" (to get_peft_model)" if prep.backend == "unsloth" else "")),
-        Row("LoRA weights", parts["LoRA weights"], meter.delta("built", "base"), tensors.get("LoRA weights"),
-            "after build_trainer - base loaded"),
-        Row("gradients", parts["gradients"], meter.delta("post_optimizer", "step_end"), tensors.get("gradients"),
-            "freed by zero_grad after step 1"),
-        Row("optimizer", parts["optimizer"], meter.delta("post_optimizer", "pre_optimizer"), tensors.get("optimizer"),
-            "growth over step 1's optimizer.step()"),
-        Row("activations", parts["activations"], None, None, "(measured with the logits)"),
-        Row("logits", parts["logits"], None, None, "(measured with the activations)"),
-        Row("act. + logits", parts["activations"] + parts["logits"], meter.window_value("loss"), None,
-            "peak in training_step outside generation/scoring"),
-        Row("KV cache", parts["KV cache"], meter.window_value("generation"), None, "peak in _generate_single_turn"),
-        Row("scoring", None, meter.window_value("scoring"), None, "peak in scoring outside generation (no estimate)"),
-        Row("peak", est_peak, measured_peak, None, "highest reading - before the load"),
-    ]  # fmt: skip
-
+    rows = [*prof.rows(parts, prep.backend), Row("peak", est_peak, measured_peak, None, "highest reading - before the load")]
     t = trainer.args
     optim = str(getattr(t.optim, "value", t.optim))
     gen_rows = int(getattr(targs, "generation_batch_size", None) or t.per_device_train_batch_size)
+    dtype = str(backends.torch_dtype(cfg.model.dtype, cuda)).removeprefix("torch.")
     if cuda:
         device = f"{torch.cuda.get_device_name(0)} (CUDA)"
         measuring = "CUDA allocated (torch.cuda.memory_allocated / max_memory_allocated)"
     else:
         device = f"CPU, {torch.get_num_threads()} threads, no CUDA"
         measuring = "CPU RSS (process resident memory sampled every 2 ms: NOT GPU memory)"
-    print()
-    print(f"vram_profile  {path}  {steps} optimizer step{'s' if steps != 1 else ''}")
-    print(f"  device      {device}; measured: {measuring}")
-    print(f"  model       {cfg.model.name} via {prep.backend}: {shape.params / 1e9:.3f}B parameters (shape from {source}), "
-          f"{'4-bit NF4 base, ' if cfg.model.load_in_4bit else ''}{dtype}"
-          f"{' (auto on a CPU: the estimate takes float32, where --dry-run takes 16-bit)' if est_cfg is not cfg else ''}, "
-          f"LoRA r={cfg.model.lora.r}")  # fmt: skip
-    print(f"  shape       {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads / {shape.kv_heads} KV x "
-          f"{shape.head_dim}, MLP {shape.intermediate}, vocabulary {shape.vocab}{', tied' if shape.tied else ''}")  # fmt: skip
+    seen = prof.seen
     lengths = (f"; sequences seen: prompt {seen['prompt']} + completion {seen['completion']} tokens, {seen['rows']} rows "
                "per generation" if seen else "")  # fmt: skip
-    print(f"  batch       loss micro-batch {t.per_device_train_batch_size} x max_seq_length {cfg.model.max_seq_length}, "
-          f"completion {t.max_completion_length}, generation batch {gen_rows}, gradient checkpointing "
-          f"{'on' if t.gradient_checkpointing else 'off'}, {optim}{lengths}")  # fmt: skip
+    header = [
+        f"vram_profile  {path}  {steps} optimizer step{'s' if steps != 1 else ''}"
+        + (f"  (the experiment: {run_dir.path})" if run else ""),
+        f"  device      {device}; measured: {measuring}",
+        f"  model       {cfg.model.name} via {prep.backend}: {shape.params / 1e9:.3f}B parameters (shape from {source}), "
+        f"{'4-bit NF4 base, ' if cfg.model.load_in_4bit else ''}{dtype}, LoRA r={cfg.model.lora.r}; "
+        f"estimate for {est_target.label}",
+        f"  shape       {shape.layers} layers, hidden {shape.hidden}, {shape.heads} heads / {shape.kv_heads} KV x "
+        f"{shape.head_dim}, MLP {shape.intermediate}, vocabulary {shape.vocab}{', tied' if shape.tied else ''}",
+        f"  batch       loss micro-batch {t.per_device_train_batch_size} x max_seq_length {cfg.model.max_seq_length}, "
+        f"completion {t.max_completion_length}, generation batch {gen_rows}, Pass@K batch {cfg.eval.batch_size}, "
+        f"gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}, {optim}{lengths}",
+    ]
     if getattr(trainer, "args_rewritten", None):
         changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in trainer.args_rewritten.items())
-        print(f"  note        the trainer changed {changed}; the estimate uses the config's values")
-    print()
-    print(format_table(rows, probe.label))
-    print()
-    print(f"estimate: {verdict(est_peak)}")
-    if cuda:
-        print(f"measured: {verdict(measured_peak)} (allocated; reserved peak {probe.reserved_top / GIB:.2f} GiB)")
-    else:
-        print("measured: CPU RSS is not GPU memory, so it gives no 16 GB verdict; rerun on a GPU for one")
-    calls = [f"{label} {', '.join(f'{v / GIB:.3f}' for v in meter.windows[name].values)}"
-             for name, label in WINDOW_LABELS.items() if name in meter.windows]  # fmt: skip
-    if calls:
-        print(f"per call (GiB): {'; '.join(calls)}")
-    missing = [WINDOW_LABELS[name] for name in WINDOW_LABELS if name not in meter.windows]
+        header.append(f"  note        the trainer changed {changed}; the estimate uses the config's values")
+    calls = {label: meter.windows[name].values for name, label in WINDOW_NAMES.items() if name in meter.windows}
+    missing = [WINDOW_NAMES[name] for name in WINDOW_NAMES if name not in meter.windows]
     missing += [name for name in ("pre_optimizer", "post_optimizer", "step_end") if name not in meter.marks]
-    if missing:
-        print(f"not measured (the hook never ran): {', '.join(missing)}")
-    return 0
+    meta = {
+        "config": str(path), "steps": steps, "device": device, "cuda": cuda, "backend": prep.backend,
+        "model": cfg.model.name, "dtype": dtype, "load_in_4bit": cfg.model.load_in_4bit,
+        "estimate_for": est_target.label, "vocab": shape.vocab, "train_seconds": round(seconds, 3),
+        "run_dir": str(run_dir.path) if run else None, "sequences_seen": dict(seen),
+    }  # fmt: skip
+    return Profile(
+        header, rows, probe.label, cuda, est_peak, measured_peak, probe.reserved_top if cuda else None, calls, missing, meta
+    )
 
 
-def _wrap(trainer: Any, method: str, meter: Meter, window: str, *, less=None, after=None) -> None:
-    """Replace the trainer's bound `method` by one that runs inside `meter.window(window)`."""
+def _wrap(trainer: Any, method: str, meter: Meter, window: str | Callable[[], str], *, less=None, after=None) -> None:
+    """Replace the trainer's bound `method` by one that runs inside `meter.window(window)` (a name, or a function
+    that names the window at each call)."""
     original = getattr(trainer, method, None)
     if original is None:  # not in this TRL / Unsloth: the row reads "-" and the hook is listed as not measured
         return
 
     def wrapped(*args, **kwargs):
-        with meter.window(window, less=less):
+        with meter.window(window() if callable(window) else window, less=less):
             out = original(*args, **kwargs)
         if after is not None:
             after(out)

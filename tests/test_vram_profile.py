@@ -128,3 +128,61 @@ def test_the_rss_probe_sees_a_block_come_and_go():
         assert probe.peak() - before < 32 * 1024 * 1024
     finally:
         probe.close()
+
+
+def test_a_window_is_named_at_each_call():
+    """Training's and Pass@K's generation run through the same method; the window a call lands in is named when it runs."""
+    vp = _module()
+    probe = FakeProbe(0)
+    meter = vp.Meter(probe)
+    passk = [False]
+
+    class Trainer:
+        def _generate_single_turn(self, n: int) -> int:
+            probe.alloc(n)
+            probe.free(n)
+            return n
+
+    trainer = Trainer()
+    vp._wrap(trainer, "_generate_single_turn", meter, lambda: "passk" if passk[0] else "generation")
+    assert trainer._generate_single_turn(10) == 10
+    passk[0] = True
+    trainer._generate_single_turn(30)
+    assert meter.windows["generation"].values == [10]
+    assert meter.windows["passk"].values == [30]
+
+
+def test_each_part_is_measured_beside_its_estimate():
+    vp = _module()
+    probe = FakeProbe(0)
+    prof = vp.Profiler(probe)
+    meter = prof.meter
+    meter.mark("start")
+    probe.alloc(2 * GIB)
+    meter.mark("base")
+    probe.alloc(GIB // 4)
+    meter.mark("built")
+    with meter.window("passk"):
+        probe.alloc(GIB)
+        probe.free(GIB)
+    with meter.window("scoring"):
+        probe.alloc(GIB // 2)
+        probe.free(GIB // 2)
+    names = ("base weights", "LoRA weights", "gradients", "optimizer", "activations", "logits", "KV cache", "Pass@K cache",
+             "scoring")  # fmt: skip
+    rows = {r.name: r for r in prof.rows(dict.fromkeys(names, GIB), "transformers")}
+    assert rows["base weights"].measured == 2 * GIB and rows["LoRA weights"].measured == GIB // 4
+    assert rows["Pass@K cache"].measured == GIB and rows["Pass@K cache"].estimate == GIB
+    assert rows["scoring"].measured == GIB // 2 and rows["KV cache"].measured is None  # no training generation here
+    assert rows["act. + logits"].estimate == 2 * GIB
+    probe_label = "CUDA allocated"
+    profile = vp.Profile(["header"], list(rows.values()), probe_label, True, 3 * GIB, 4 * GIB, 5 * GIB,
+                         {"Pass@K generation": [GIB]}, ["step_end"], {"backend": "transformers"})  # fmt: skip
+    data = profile.to_json()
+    assert data["measured_as"] == probe_label and data["backend"] == "transformers"
+    assert {"part": "Pass@K cache", "estimate_gib": 1.0, "measured_gib": 1.0, "tensors_gib": None,
+            "measured_as": "peak in Pass@K's _generate_single_turn"} in data["rows"]  # fmt: skip
+    assert (data["estimate_peak_gib"], data["measured_peak_gib"], data["reserved_peak_gib"]) == (3.0, 4.0, 5.0)
+    text = profile.text()
+    assert "estimate: 3.00 GiB" in text and "reserved peak 5.00 GiB" in text and "Pass@K generation 1.000" in text
+    assert "not measured (the hook never ran): step_end" in text

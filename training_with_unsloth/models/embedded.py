@@ -39,25 +39,48 @@ def gguf_path() -> Path:
     return path
 
 
+def _tokenizer_from_gguf(src: Path):
+    """The tokenizer stored in the GGUF file, fixed as the hub release has it (its weights are not read)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    # The GGUF names <|im_start|> as EOS and sets no pad token; chat turns end with <|im_end|>,
+    # which is also what the model's generation config stops on (as in the hub release).
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|im_end|>"
+    tok.clean_up_tokenization_spaces = False  # destructive for BPE; transformers warns on every decode
+    return tok
+
+
+def embedded_tokenizer():
+    """The embedded model's tokenizer (with its chat template): from the dequantized copy when it exists, else
+    straight from the GGUF, without dequantizing the weights (seconds instead of most of a minute)."""
+    target = _target()
+    if (target / _MARKER).exists():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(target)
+    return _tokenizer_from_gguf(gguf_path())
+
+
+def _target() -> Path:
+    return cache_root() / f"smollm2-135m-instruct.v{_CACHE_FORMAT}"
+
+
 def embedded_model_dir() -> Path:
     """Directory with the dequantized embedded model (safetensors + tokenizer), created on first use."""
-    target = cache_root() / f"smollm2-135m-instruct.v{_CACHE_FORMAT}"
+    target = _target()
     if (target / _MARKER).exists():
         return target
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     src = gguf_path()
     print(f"[embedded] dequantizing {src.name} once into {target} ...", flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        # The GGUF names <|im_start|> as EOS and sets no pad token; chat turns end with <|im_end|>,
-        # which is also what the model's generation config stops on (as in the hub release).
-        tok.eos_token = "<|im_end|>"
-        tok.pad_token = "<|im_end|>"
-        tok.clean_up_tokenization_spaces = False  # destructive for BPE; transformers warns on every decode
+        tok = _tokenizer_from_gguf(src)
         gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         # Rebuild as an ordinary float model (no GGUF quantization flag) holding the dequantized weights.
         config = gguf_model.config
