@@ -47,9 +47,9 @@ class Group:
 
 
 def read_run(path: str | Path) -> RunInfo:
-    from training_with_unsloth.config import yaml_load
     from training_with_unsloth.errors import UserError
     from training_with_unsloth.rundir import RunDir
+    from training_with_unsloth.yaml_reader import read_yaml_mapping
 
     run = RunDir(path)
     if not run.config.is_file() or not run.metrics.is_file():
@@ -59,7 +59,7 @@ def read_run(path: str | Path) -> RunInfo:
     return RunInfo(
         run.path,
         run.path.name,
-        yaml_load(run.config.read_text()) or {},
+        read_yaml_mapping(run.config, what="run's config"),
         [r for r in records if r.get("kind") == "train"],
         [r for r in records if r.get("kind") == "eval"],
         summary,

@@ -86,14 +86,15 @@ PROBES = ("self", "rollouts", "reference")
 
 def load_run(path: str | Path):
     """The run directory and its resolved config."""
-    from training_with_unsloth.config import validate, yaml_load
+    from training_with_unsloth.config import validate
     from training_with_unsloth.errors import UserError
     from training_with_unsloth.rundir import RunDir
+    from training_with_unsloth.yaml_reader import read_yaml_mapping
 
     run = RunDir(path)
     if not run.config.is_file():
         raise UserError(f"{run.path} is not a run directory (no config.yaml): pass --run runs/<name>")
-    cfg = validate(yaml_load(run.config.read_text()))
+    cfg = validate(read_yaml_mapping(run.config, what="run's config"))
     if not run.adapter_steps():
         raise UserError(f"{run.checkpoints} holds no adapter checkpoints (adapter-<step>/ with meta.json)")
     return run, cfg
@@ -474,13 +475,13 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
     from tqdm.auto import tqdm
 
     from training_with_unsloth.errors import UserError
-    from training_with_unsloth.rundir import atomic_write_json
+    from training_with_unsloth.rundir import atomic_write_json, read_json_object
 
     run.analysis.mkdir(parents=True, exist_ok=True)
     csv_path = run.analysis / "llc.csv"
     settings_path = run.analysis / "llc_settings.json"
     existing = read_csv(csv_path)
-    recorded = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+    recorded = read_json_object(settings_path, remedy="delete it (and llc.csv, whose settings it records) to start afresh")
     if existing and recorded != asdict(settings):
         if not force:
             raise UserError(
@@ -830,19 +831,21 @@ def _run(args: argparse.Namespace) -> int:
 def choose_settings(run: Any, cfg: Any, settings: Settings, args: argparse.Namespace, *, device: str) -> Settings:
     """The settings to run: the command line's lr; else the lr and n_beta recorded in `llc_settings.json`
     when everything else matches; else a calibration's recommendation (run now unless --no-calibrate)."""
+    from training_with_unsloth.rundir import read_json_object
+
     if args.lr is not None or args.no_calibrate:
         source = "from --lr" if args.lr is not None else "defaults (--no-calibrate)"
         print(f"lr {settings.lr:g}, n_beta {settings.n_beta:.3g}: {source}")
         return settings
     recorded_path = run.analysis / "llc_settings.json"
     if recorded_path.is_file():
-        recorded = json.loads(recorded_path.read_text())
+        recorded = read_json_object(recorded_path, remedy="delete it (and llc.csv, whose settings it records) to start afresh")
         same = _calibration_key(settings)
         if {k: recorded.get(k) for k in same} == same and args.n_beta is None:
             print(f"lr {recorded['lr']:g}, n_beta {recorded['n_beta']:.3g}: recorded in {recorded_path}")
             return replace(settings, lr=recorded["lr"], n_beta=recorded["n_beta"])
     calib_path = run.analysis / "calibration.json"
-    calibrated = json.loads(calib_path.read_text()) if calib_path.is_file() else {}
+    calibrated = read_json_object(calib_path, remedy="delete it to calibrate again") or {}
     if calibrated.get("settings") == _calibration_key(settings):  # a calibration of these settings: use it
         rec = calibrated.get("recommended")
         if rec:

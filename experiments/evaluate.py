@@ -84,10 +84,10 @@ def _ks(text: str | None) -> list[int] | None:
 
 def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     from training_with_unsloth import evaluations as ev
-    from training_with_unsloth.config import yaml_load
     from training_with_unsloth.config_files import resolve_config
     from training_with_unsloth.errors import UserError
     from training_with_unsloth.rundir import RunDir
+    from training_with_unsloth.yaml_reader import read_yaml_mapping
 
     options = {
         "num_problems": args.num_problems,
@@ -101,7 +101,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
     if args.config:
         path = resolve_config(args.config)
         print(f"# config: {path}", flush=True)
-        base = yaml_load(Path(path).read_text()) or {}
+        base = read_yaml_mapping(path)
         base.setdefault("name", Path(path).stem)
     if args.run:
         run = RunDir(args.run)
@@ -124,7 +124,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
             else:
                 path = resolve_config("quickstart")
                 print(f"# config: {path} (the settings; pass --config to choose others)", flush=True)
-                base = yaml_load(Path(path).read_text()) or {}
+                base = read_yaml_mapping(path)
                 base.setdefault("name", "quickstart")
         cfg = ev.evaluation_config(base, overrides=args.overrides, task=args.task, options=options)
         default_model = {**cfg.model.model_dump(mode="json"), "init_adapter": None}
@@ -138,6 +138,7 @@ def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
         name = name if len(name) <= 80 else name[:80]
         out = Path(args.out) if args.out else Path(cfg.output_dir) / "evaluations" / name
         nested = bool(args.compare)
+    ev.check_out(out)
     results = ev.evaluate_targets(cfg, targets, out, nested=nested)
     command = " ".join(["uv run experiments/evaluate.py", *map(shlex.quote, argv)])
     md, csv_path = ev.write_tables(results, cfg, out, command)

@@ -89,12 +89,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from pathlib import Path
 
     from training_with_unsloth import evaluations as ev
-    from training_with_unsloth.config import yaml_load
     from training_with_unsloth.config_files import resolve_config
     from training_with_unsloth.rundir import RunDir
+    from training_with_unsloth.yaml_reader import read_yaml_mapping
 
     if args.run:
         run = RunDir(args.run)
@@ -102,7 +101,7 @@ def _config(args: argparse.Namespace):
         target = ev.targets_for_run(run, args.checkpoint)[0]
     else:
         path = resolve_config("quickstart")
-        base = yaml_load(Path(path).read_text()) or {}
+        base = read_yaml_mapping(path)
         base.setdefault("name", "quickstart")
         base["model"] = {**(base.get("model") or {}), "name": args.model}
         target = None

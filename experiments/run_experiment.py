@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from training_with_unsloth.cli import command_name, run_main
 
@@ -51,7 +52,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, dry_run: bool = False)
             "--dry-run", action="store_true", help="validate, print the resolved config and the plan; load no model"
         )
     parser.add_argument("--resume", action="store_true", help="continue the run from its last trainer/checkpoint-<step>")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing run of the same name: remove what the run wrote (jobs/ and files of yours stay); "
+        "a folder that is not a run is refused",
+    )
 
 
 def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -64,10 +70,31 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_run_arguments(build_parser(), argv)
-    return run_main(lambda: _train(args), interrupted=INTERRUPTED)
+    started: dict = {}
+    return run_main(lambda: _train(args, started), interrupted=lambda: interrupted_text(started, resume=args.resume))
 
 
-def _train(args: argparse.Namespace) -> int:
+def interrupted_text(started: dict, *, resume: bool = False) -> str:
+    """What Ctrl-C prints: --resume where the run has a trainer checkpoint to continue from, else what to do.
+
+    `started` holds the run directory (`run`) and `save_steps` once the config is read."""
+    from training_with_unsloth.rundir import RunDir
+
+    if started.get("run") is None or not Path(started["run"]).is_dir():
+        return "interrupted before the run started: nothing was written"
+    if RunDir(started["run"]).last_trainer_checkpoint() is not None:
+        return INTERRUPTED
+    every = started.get("save_steps")
+    when = f" (one is saved every trainer.save_steps = {every} steps)" if every else ""
+    if resume:
+        return f"interrupted: the run still has no complete trainer checkpoint{when}: start again with --overwrite"
+    return (
+        f"interrupted before the first trainer checkpoint{when}, so --resume has nothing to continue from: "
+        "start again with --overwrite"
+    )
+
+
+def _train(args: argparse.Namespace, started: dict | None = None) -> int:
     """Resolve the config, validate it, then train (or print the plan with --dry-run)."""
     from training_with_unsloth import distributed
     from training_with_unsloth.config import load_config
@@ -78,6 +105,8 @@ def _train(args: argparse.Namespace) -> int:
         # A YAML comment, so the resolved config --dry-run prints after it stays one YAML document.
         print(f"# config: {path}", flush=True)
     cfg = load_config(path, args.overrides)
+    if started is not None and not args.dry_run:
+        started.update(run=cfg.run_dir, save_steps=cfg.trainer.get("save_steps"))
     from training_with_unsloth.experiment import run_experiment
 
     run = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)

@@ -7,13 +7,13 @@ ones without defaults are dataset columns that TRL passes in per sample.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
+from rewards.discovery import import_user_module
 from rewards.errors import ConfigError, UserError, unknown
 
 RewardFn = Callable[..., list[float | None]]
@@ -101,10 +101,10 @@ def _import(path: str) -> RewardFn:
     module_name, _, attr = path.rpartition(":")
     if not module_name or not attr:
         raise ConfigError(f"reward '{path}' must look like 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import reward '{path}': {exc}") from exc
+    module = import_user_module(module_name, f"reward '{path}'")
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise ConfigError(f"cannot import reward '{path}': module '{module_name}' has no attribute '{attr}'")
     if not callable(fn):
         raise ConfigError(f"reward '{path}' is not callable")
     return fn
@@ -172,7 +172,7 @@ def _checked(label: str, values: Any, n: int) -> list[float | None]:
     for v in values:
         if v is None:
             out.append(None)
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or math.isinf(v):
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise RewardError(f"reward '{label}' returned {v!r}: rewards must be finite numbers or None")
         else:
             out.append(float(v))

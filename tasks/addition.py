@@ -18,7 +18,7 @@ import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.addition import answer_text, is_exact
-from tasks.base import Task
+from tasks.base import MAX_PROBLEMS, Task
 from tasks.registry import register
 
 SYSTEM = (
@@ -78,6 +78,12 @@ class AdditionParams(BaseModel):
             raise ValueError(
                 f"eval_fraction={self.eval_fraction} of per_condition={self.per_condition} gives {n_eval} eval "
                 "problems per condition: it must give at least 1 and leave at least 1 for training"
+            )
+        total = self.per_condition * len(self.digits) * len(self.terms)
+        if total > MAX_PROBLEMS:
+            raise ValueError(
+                f"per_condition x len(digits) x len(terms) = {total:,} problems, more than {MAX_PROBLEMS:,}: lower "
+                "per_condition or use fewer conditions"
             )
         # Conditions with the same term count overlap (a 6-digit draw may have 5 digits): the smallest
         # must hold its own problems even after every other digit count took as many from it.
@@ -143,9 +149,7 @@ class Addition(Task):
         return answer_text(completion)  # the task compares this exact string with the gold
 
     @classmethod
-    def _draw_distinct(
-        cls, rng: random.Random, digits: int, terms: int, count: int, taken: set[str]
-    ) -> list[dict[str, Any]]:
+    def _draw_distinct(cls, rng: random.Random, digits: int, terms: int, count: int, taken: set[str]) -> list[dict[str, Any]]:
         """``count`` problems whose ids are not in ``taken`` (which they join); the params guarantee enough exist."""
         rows: list[dict[str, Any]] = []
         while len(rows) < count:

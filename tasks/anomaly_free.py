@@ -19,7 +19,7 @@ import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.anomaly import anomalies, is_anomaly_free
-from tasks.base import Task
+from tasks.base import MAX_PROBLEMS, Task
 from tasks.registry import register
 from tasks.sampling import Problem, draw_split
 
@@ -46,8 +46,12 @@ class AnomalyFreeParams(BaseModel):
         description="leading charges the prompt fixes, each drawn from the nonzero charges within the bound; at most "
         "half the fewest fermions",
     )
-    train_size: int = Field(2000, ge=1, description="training problems (they may repeat, but are never eval problems)")
-    eval_size: int = Field(40, ge=1, description="distinct held-out eval problems (fermion count and given charges), drawn first")
+    train_size: int = Field(
+        2000, ge=1, le=MAX_PROBLEMS, description="training problems (they may repeat, but are never eval problems)"
+    )
+    eval_size: int = Field(
+        40, ge=1, le=MAX_PROBLEMS, description="distinct held-out eval problems (fermion count and given charges), drawn first"
+    )
 
     @field_validator("num_fermions", mode="before")
     @classmethod
@@ -166,10 +170,7 @@ class AnomalyFree(Task):
         charges = solution(row["num_fermions"], row["max_charge"], tuple(row["given_charges"]))
         cubic, linear = anomalies(charges)
         listed = ", ".join(map(str, charges))
-        return (
-            f"<think>\nCharges {listed}: sum of cubes = {cubic}, sum = {linear}.\n</think>\n"
-            f"<answer>{listed}</answer>"
-        )
+        return f"<think>\nCharges {listed}: sum of cubes = {cubic}, sum = {linear}.\n</think>\n<answer>{listed}</answer>"
 
     def _draw(self, rng: random.Random) -> Problem:
         p = self.params

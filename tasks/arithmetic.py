@@ -10,7 +10,7 @@ import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.arithmetic import answer_integer
-from tasks.base import Task
+from tasks.base import MAX_PROBLEMS, Task
 from tasks.registry import register
 from tasks.sampling import Problem, draw_split, normalise_operators
 
@@ -32,8 +32,10 @@ class ArithmeticParams(BaseModel):
     operators: str = Field(
         _OPERATORS, description="the operators op1 and op2 are drawn from uniformly: a non-empty subset of `+-*`"
     )
-    train_size: int = Field(2000, ge=1, description="training problems (they may repeat, but are never eval problems)")
-    eval_size: int = Field(200, ge=1, description="distinct held-out eval problems, drawn first")
+    train_size: int = Field(
+        2000, ge=1, le=MAX_PROBLEMS, description="training problems (they may repeat, but are never eval problems)"
+    )
+    eval_size: int = Field(200, ge=1, le=MAX_PROBLEMS, description="distinct held-out eval problems, drawn first")
 
     @field_validator("operators")
     @classmethod

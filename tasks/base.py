@@ -8,6 +8,10 @@ from typing import Any, ClassVar
 import datasets
 from pydantic import BaseModel
 
+# The most problems a task builds for one split: every split is built in memory (and by --dry-run), so a
+# mistyped size must be refused, not allocated. 100,000 prompts take seconds and well under a GB.
+MAX_PROBLEMS = 100_000
+
 
 class Task(ABC):
     """A task: ``build`` makes seeded, disjoint train/eval sets; ``is_correct`` and ``gold`` judge rows.

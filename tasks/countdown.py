@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rewards.countdown import NATURAL, is_countdown_solution
 from rewards.errors import ConfigError
-from tasks.base import Task, int_list, one_int
+from tasks.base import MAX_PROBLEMS, Task, int_list, one_int
 from tasks.data import load_table
 from tasks.registry import register
 from tasks.sampling import Problem, draw_split, normalise_operators
@@ -103,9 +103,14 @@ class CountdownParams(BaseModel):
         False,
         description="allow downloading a hub data id; otherwise only the local cache is read; only with data",
     )
-    train_size: int = Field(2000, ge=1, description="training problems (generated ones may repeat), never eval problems")
+    train_size: int = Field(
+        2000, ge=1, le=MAX_PROBLEMS, description="training problems (generated ones may repeat), never eval problems"
+    )
     eval_size: int = Field(
-        200, ge=1, description="distinct held-out eval problems, taken first (with eval_formats, each appears once per format)"
+        200,
+        ge=1,
+        le=MAX_PROBLEMS,
+        description="distinct held-out eval problems, taken first (with eval_formats, each appears once per format)",
     )
 
     @field_validator("operators")

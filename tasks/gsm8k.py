@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rewards.errors import ConfigError
 from rewards.gsm8k import answer_value, is_gsm8k_correct
 from rewards.parsing import format_number, parse_number
-from tasks.base import Task
+from tasks.base import MAX_PROBLEMS, Task
 from tasks.data import BUILDERS, load_table
 from tasks.registry import register
 from tasks.sampling import Problem
@@ -58,9 +58,9 @@ class GSM8KParams(BaseModel):
         "(its eval_split, or the rows of a single file drawn before the training ones)",
     )
     train_samples: int | None = Field(
-        None, ge=1, description="training problems used at most (distinct, none an eval problem); null: all"
+        None, ge=1, le=MAX_PROBLEMS, description="training problems used at most (distinct, none an eval problem); null: all"
     )
-    eval_samples: int = Field(200, ge=1, description="eval problems used at most (distinct, drawn first)")
+    eval_samples: int = Field(200, ge=1, le=MAX_PROBLEMS, description="eval problems used at most (distinct, drawn first)")
     download: bool = Field(False, description="allow downloading hub datasets; otherwise only the local cache is read")
     answer_mode: Literal["strict", "lenient"] = Field(
         "strict",
@@ -143,9 +143,7 @@ class GSM8K(Task):
 
     def _load(self, source: str, split: str, param: str = "data") -> datasets.Dataset:
         p = self.params
-        return load_table(
-            source, split=split, subset=p.subset, download=p.download, task=self.name, columns=COLUMNS, param=param
-        )
+        return load_table(source, split=split, subset=p.subset, download=p.download, task=self.name, columns=COLUMNS, param=param)
 
     def _problems(self, table: datasets.Dataset, source: str) -> list[Problem]:
         """Rows with prompt, question, canonical gold ``answer``, worked ``solution`` and ``problem_id``."""

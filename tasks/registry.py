@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
 import pydantic
 
+from rewards.discovery import import_user_module
 from rewards.errors import ConfigError, unknown
 from tasks.base import Task
 
@@ -52,17 +52,7 @@ def _import(path: str) -> type[Task]:
     module_name, _, attr = path.rpartition(":")
     if not module_name or not attr:
         raise ConfigError(f"task '{path}' must look like 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name + ".").startswith(exc.name + "."):  # the module (or its package) is missing
-            raise ConfigError(
-                f"cannot import task '{path}': no module named '{exc.name}'; "
-                "put it on the Python path (e.g. PYTHONPATH)"
-            ) from exc
-        raise ConfigError(f"cannot import task '{path}': {_one_line(exc)}") from exc
-    except Exception as exc:  # noqa: BLE001  (any failure of user code is reported in one line)
-        raise ConfigError(f"cannot import task '{path}': {_one_line(exc)}") from exc
+    module = import_user_module(module_name, f"task '{path}'")
     if not hasattr(module, attr):
         raise ConfigError(f"cannot import task '{path}': module '{module_name}' has no attribute '{attr}'")
     cls = getattr(module, attr)

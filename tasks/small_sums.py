@@ -9,7 +9,7 @@ import datasets
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rewards.parsing import last_number
-from tasks.base import Task, int_list
+from tasks.base import MAX_PROBLEMS, Task, int_list
 from tasks.registry import register
 from tasks.sampling import Problem, draw_split
 
@@ -25,8 +25,10 @@ class SmallSumsParams(BaseModel):
     min_operand: int = Field(1, ge=0, description="smallest operand: each term is drawn uniformly from min_operand..max_operand")
     max_operand: int = Field(9, le=10**6, description="largest operand")
     num_terms: int = Field(2, ge=2, le=10, description="terms summed in each problem")
-    train_size: int = Field(2000, ge=1, description="training problems (they may repeat, but are never eval problems)")
-    eval_size: int = Field(24, ge=1, description="distinct held-out eval problems, drawn first")
+    train_size: int = Field(
+        2000, ge=1, le=MAX_PROBLEMS, description="training problems (they may repeat, but are never eval problems)"
+    )
+    eval_size: int = Field(24, ge=1, le=MAX_PROBLEMS, description="distinct held-out eval problems, drawn first")
     instruction: Literal["number", "answer_is"] = Field(
         "number",
         description="the prompt's last sentence: 'Reply with just the number.' (`number`) or \"End your reply with "

@@ -150,7 +150,7 @@ def test_unsloth_loads_the_named_repo_and_env_records_its_revision(fake_unsloth,
     import torch
 
     calls, _ = fake_unsloth
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     cfg = validate({"name": "x", "model": {"name": "Qwen/Qwen2.5-1.5B-Instruct", "load_in_4bit": True}})
     loaded = backends.load(cfg.model, "unsloth", seed=1)
     asked = calls["from_pretrained"]
@@ -175,7 +175,7 @@ def test_a_model_other_than_the_one_named_is_refused(fake_unsloth, fake_hub_cach
     import torch
 
     _, fast = fake_unsloth
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))
     fast.resolve_to = "unsloth/Qwen2.5-1.5B-Instruct-unsloth-bnb-4bit"
     cfg = validate({"name": "x", "model": {"name": "Qwen/Qwen2.5-1.5B-Instruct", "load_in_4bit": True}})
     with pytest.raises(UserError, match=r"Unsloth loaded 'unsloth/Qwen2.5-1.5B-Instruct-unsloth-bnb-4bit' instead"):

@@ -6,9 +6,10 @@ import sys
 import pytest
 import yaml
 
-from training_with_unsloth.config import ExperimentConfig, load_config, validate, yaml_load
+from training_with_unsloth.config import ExperimentConfig, load_config, validate
 from training_with_unsloth.errors import ConfigError
 from training_with_unsloth.grpo_fields import GRPO_CONFIG_FIELDS, installed_fields
+from training_with_unsloth.yaml_reader import yaml_load
 
 from .helpers import REPO, tiny_config
 

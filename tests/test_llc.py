@@ -269,7 +269,7 @@ def test_all_weights_mode_samples_the_base_too(run_copy):
 def test_cpu_loads_a_prequantized_runs_adapters_onto_its_16bit_base(run_copy, tiny_model_dir, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
-    from training_with_unsloth.config import yaml_load
+    from training_with_unsloth.yaml_reader import yaml_load
 
     from .test_prequantized import fake_cache
 

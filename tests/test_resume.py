@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from training_with_unsloth import resume
-from training_with_unsloth.config import validate, yaml_load
+from training_with_unsloth.config import validate
 from training_with_unsloth.errors import UserError
 from training_with_unsloth.rundir import RunDir, atomic_write_json
+from training_with_unsloth.yaml_reader import yaml_load
 
 from .helpers import tiny_config
 
@@ -260,3 +261,46 @@ def test_research_state_is_required_only_with_stateful_controls(tmp_path):
     resume.check_research_state(ckpt, {})
     with pytest.raises(UserError, match="delete trainer/checkpoint-40 to resume from the previous checkpoint"):
         resume.check_research_state(ckpt, {"adaptive_kl": object()})
+
+
+# ---------------------------------------------------------------------------- damaged runs (a kill, a full disk)
+
+
+@pytest.mark.slow
+def test_resume_after_a_torn_metrics_line_and_an_incomplete_checkpoint(trained, tmp_path, tiny_model_dir, capsys):
+    from training_with_unsloth.experiment import run_experiment
+
+    run = copy_run(trained, tmp_path)
+    ckpt4 = run.trainer / "checkpoint-4" / "adapter_model.safetensors"
+    ckpt4.write_bytes(ckpt4.read_bytes()[:200])  # cut short: the resume must go back to checkpoint-2
+    with run.metrics.open("a") as f:
+        f.write('{"step": 5, "kind": "train", "loss"')  # killed mid-write
+    raw = tiny_config(tmp_path, tiny_model_dir, **{**SETTINGS, "trainer.max_steps": 5})
+    run_experiment(validate(raw), resume=True)
+    out = capsys.readouterr().out
+    assert "note: trainer/checkpoint-4 is incomplete (adapter_model.safetensors is truncated" in out
+    record = json.loads(run.env.read_text())["resumes"][-1]
+    assert record["from_step"] == 2 and "trainer/checkpoint-4" in record["set_aside"]
+    folder = run.path / record["set_aside_to"]
+    assert (folder / "metrics-unreadable.txt").read_text() == '{"step": 5, "kind": "train", "loss"\n'
+    train = [r["step"] for r in run.read_metrics() if r["kind"] == "train"]
+    assert train == [1, 2, 3, 4, 5], "every record of the resumed run is whole, none glued to the torn line"
+    assert all(line.startswith("{") and line.endswith("}") for line in run.metrics.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_a_resume_with_no_loadable_checkpoint_changes_nothing(trained, tmp_path, tiny_model_dir):
+    from training_with_unsloth.experiment import run_experiment
+
+    run = copy_run(trained, tmp_path)
+    (run.trainer / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4, "log_hi')
+    adapter = run.trainer / "checkpoint-2" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-10])
+    before = digest(run.path)
+    raw = tiny_config(tmp_path, tiny_model_dir, **{**SETTINGS, "trainer.max_steps": 5})
+    with pytest.raises(UserError) as info:
+        run_experiment(validate(raw), resume=True)
+    message = str(info.value)
+    assert "holds no complete trainer checkpoint (checkpoint-4: trainer_state.json is unreadable" in message
+    assert "start again with --overwrite" in message
+    assert digest(run.path) == before, "config.yaml, metrics, env.json and checkpoints untouched"

@@ -171,7 +171,11 @@ def test_import_path_task_from_yaml_and_set(user_module, tmp_path):
             "user_task_bad.Products",
             "unknown task 'user_task_bad.Products': a task outside the registry is named 'package.module:Class'",
         ),
-        ("user_task_broken:Products", "cannot import task 'user_task_broken:Products': ZeroDivisionError: division by zero"),
+        (
+            "user_task_broken:Products",
+            "cannot import task 'user_task_broken:Products': importing 'user_task_broken' raised ZeroDivisionError: "
+            "division by zero (",
+        ),
         (
             "user_task_needs:Products",
             "cannot import task 'user_task_needs:Products': ModuleNotFoundError: No module named 'not_installed_xyz'",

@@ -21,7 +21,7 @@ def card_without_bf16(monkeypatch):
     """A T4: CUDA, no bfloat16."""
     import torch
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
 
@@ -60,7 +60,7 @@ def test_precision_rules_on_a_bfloat16_card_and_on_the_cpu(monkeypatch):
 
     from training_with_unsloth.trainer_args import resolve_precision
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA A10")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from training_with_unsloth.errors import UserError
-from training_with_unsloth.rundir import RunDir
+from training_with_unsloth.rundir import RunDir, file_problem
 
 CHECKPOINTS = ("best", "final", "all")
 
@@ -113,11 +113,20 @@ def check_lora_shape(folder: Path, lora: Any, *, where: str) -> None:
             )
 
 
+def check_whole(folder: Path, *, where: str) -> None:
+    """A UserError when the adapter's files are cut short or do not parse (a copy interrupted, a full disk)."""
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        problem = file_problem(folder / name)
+        if problem is not None:
+            raise UserError(f"{where}: {folder / name} is {problem}: copy or save the adapter again")
+
+
 def load_weights(model: Any, folder: Path) -> None:
     """Copy a snapshot's LoRA tensors into the model's live adapter; every LoRA tensor must be replaced."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    check_whole(folder, where="adapter")
     weights = load_file(folder / "adapter_model.safetensors")
     try:
         result = set_peft_model_state_dict(model, weights)
@@ -151,13 +160,14 @@ def zero_adapter(model: Any) -> None:
 def init_adapter_ref(model_cfg: Any) -> AdapterRef:
     """`model.init_adapter` resolved and checked without loading a model: an adapter folder whose rank and alpha
     are `model.lora`'s and, when it belongs to a run, whose run trained the same base model."""
-    from training_with_unsloth.config import yaml_load
+    from training_with_unsloth.yaml_reader import read_yaml_mapping
 
     ref = adapter_folder(model_cfg.init_adapter)
+    check_whole(ref.path, where="model.init_adapter")
     check_lora_shape(ref.path, model_cfg.lora, where="model.init_adapter")
     run = owning_run(ref.path) if not is_run_dir(model_cfg.init_adapter) else RunDir(model_cfg.init_adapter)
     if run is not None:
-        base = ((yaml_load(run.config.read_text()) or {}).get("model") or {}).get("name")
+        base = (read_yaml_mapping(run.config, what="run's config").get("model") or {}).get("name")
         if base is not None and base != model_cfg.name:
             raise UserError(
                 f"model.init_adapter: {ref.path} was trained on '{base}', this run loads '{model_cfg.name}': "

@@ -7,7 +7,7 @@ values are checked when the `GRPOConfig` is built (see `trainer_args.py`).
 
 from __future__ import annotations
 
-import re
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,38 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from training_with_unsloth.errors import ConfigError, closest, unknown
 from training_with_unsloth.grpo_fields import GRPO_CONFIG_FIELDS
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 scalars: `1e-5` is a float (YAML 1.1 reads a string) and only true/false are
-    booleans (YAML 1.1 turns `save_strategy: no` into False)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def yaml_load(text: str) -> Any:
-    """`yaml.safe_load`, except that `1e-5` is a float."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+from training_with_unsloth.yaml_reader import read_yaml_mapping, yaml_error_text, yaml_load
 
 
 class _Section(BaseModel):
@@ -57,7 +26,7 @@ class _Section(BaseModel):
 class LoraConfig(_Section):
     """LoRA adapter settings (PEFT on the CPU, `FastLanguageModel.get_peft_model` under Unsloth)."""
 
-    r: int = Field(16, ge=1, description="LoRA rank")
+    r: int = Field(16, ge=1, le=4096, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA alpha")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
     target_modules: list[str] | str = Field(
@@ -81,6 +50,7 @@ class ModelConfig(_Section):
     max_seq_length: int = Field(
         1024,
         ge=16,
+        le=2**20,
         description="longest prompt + completion (Unsloth's `max_seq_length`); checked against the task's chat-templated "
         "prompts before the model loads",
     )
@@ -156,17 +126,18 @@ class EvalConfig(_Section):
     num_problems: int = Field(
         32,
         ge=1,
+        le=100_000,
         description="held-out problems (the task's eval split, disjoint from training); with conditions, taken "
         "round-robin across them",
     )
-    num_samples: int = Field(8, ge=1, description="n samples per problem for the unbiased pass@k estimator")
+    num_samples: int = Field(8, ge=1, le=4096, description="n samples per problem for the unbiased pass@k estimator")
     temperature: float = Field(1.0, gt=0.0, description="sampling temperature of those samples")
     k: list[int] = Field(default_factory=lambda: [1, 4, 8], description="the k values reported (each at most `num_samples`)")
     greedy: bool = Field(True, description="also one greedy answer per problem (`eval/greedy_pass@1`)")
     max_new_tokens: int | None = Field(
-        None, ge=1, description="completion length at evaluation (default: `trainer.max_completion_length`)"
+        None, ge=1, le=2**20, description="completion length at evaluation (default: `trainer.max_completion_length`)"
     )
-    batch_size: int = Field(64, ge=1, description="sequences generated at once")
+    batch_size: int = Field(64, ge=1, le=65536, description="sequences generated at once")
 
     @model_validator(mode="after")
     def _k_fits(self) -> EvalConfig:
@@ -181,7 +152,7 @@ class CheckpointConfig(_Section):
 
     every: int | None = Field(None, ge=1, description="an adapter snapshot every N steps")
     log_spaced: int | None = Field(
-        None, ge=1, description="M snapshots spaced evenly in log(step): dense early, where phase changes happen"
+        None, ge=1, le=10_000, description="M snapshots spaced evenly in log(step): dense early, where phase changes happen"
     )
     steps: list[int] | None = Field(None, description="an explicit list of steps")
     best: str | None = Field(
@@ -211,12 +182,8 @@ class LoggingConfig(_Section):
     )
     project: str = Field("grpo-research", description="wandb project")
     plots: bool = Field(True, description="refresh `plots/*.png` during training")
-    completions: int = Field(
-        0, ge=0, description="write `completions/<step>.jsonl` at step 1 and every N steps (0: never)"
-    )
-    completions_max_chars: int = Field(
-        4000, ge=16, description="prompts and completions longer than this are cut in that log"
-    )
+    completions: int = Field(0, ge=0, description="write `completions/<step>.jsonl` at step 1 and every N steps (0: never)")
+    completions_max_chars: int = Field(4000, ge=16, description="prompts and completions longer than this are cut in that log")
 
 
 class KLConfig(_Section):
@@ -230,9 +197,7 @@ class KLConfig(_Section):
         None, gt=0.0, description="adaptive KL: the token-averaged KL the coefficient is steered toward (needs `coef` > 0)"
     )
     horizon: int = Field(10000, ge=1, description="adaptive KL: samples over which the error is corrected")
-    diagnostics: bool = Field(
-        True, description="log `kl/k1`, `kl/k2`, `kl/k3`, also when no KL is in the loss"
-    )
+    diagnostics: bool = Field(True, description="log `kl/k1`, `kl/k2`, `kl/k3`, also when no KL is in the loss")
     diagnostics_every: int = Field(
         2, ge=1, description="measure the diagnostics at steps 1, 1+N, 1+2N, ... when they need a reference forward pass "
         "of their own (no KL in the loss, no target; with trainer.beta the reference is TRL's, measured every step)",
@@ -273,9 +238,7 @@ class CurriculumConfig(_Section):
     """Task parameters that change during training: success-gated phases and linear schedules."""
 
     phases: list[PhaseConfig] = Field(default_factory=list, description="success-gated phases, in order")
-    linear: list[LinearSchedule] = Field(
-        default_factory=list, description="numeric task parameters moved linearly over training"
-    )
+    linear: list[LinearSchedule] = Field(default_factory=list, description="numeric task parameters moved linearly over training")
 
     @model_validator(mode="after")
     def _phases_advance(self) -> CurriculumConfig:
@@ -293,7 +256,7 @@ class ReplayConfig(_Section):
     """Prompt replay: re-sample prompts whose group had reward variance; drop prompts always solved."""
 
     enabled: bool = Field(False, description="prompt replay on")
-    capacity: int = Field(256, ge=1, description="prompts kept in the buffer (oldest out first)")
+    capacity: int = Field(256, ge=1, le=1_000_000, description="prompts kept in the buffer (oldest out first)")
     mix: float = Field(0.25, ge=0.0, le=1.0, description="share of training prompts drawn from the buffer")
     drop_solved: bool = Field(False, description="never sample again a prompt whose whole group was correct")
 
@@ -317,6 +280,47 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Numeric ranges of `trainer:` keys outside which a run cannot train sensibly (TRL checks none of them up front):
+# key -> (low, low included, high, high included); None is no bound. Values of other types are left to
+# the GRPOConfig type check.
+TRAINER_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "learning_rate": (0, True, None, False),
+    "per_device_train_batch_size": (1, True, 65536, True),
+    "per_device_eval_batch_size": (1, True, 65536, True),
+    "gradient_accumulation_steps": (1, True, 65536, True),
+    "steps_per_generation": (1, True, 65536, True),
+    "generation_batch_size": (1, True, 2**20, True),
+    "num_generations": (1, True, 65536, True),
+    "max_completion_length": (1, True, 2**20, True),
+    "max_prompt_length": (1, True, 2**20, True),
+    "num_iterations": (1, True, 1000, True),
+    "temperature": (0, False, None, False),
+    "top_p": (0, False, 1, True),
+    "top_k": (0, True, None, False),
+    "min_p": (0, True, 1, True),
+    "repetition_penalty": (0, False, None, False),
+    "beta": (0, True, None, False),
+    "epsilon": (0, True, None, False),
+    "epsilon_high": (0, True, None, False),
+    "delta": (0, False, None, False),
+    "warmup_steps": (0, True, None, False),
+    "warmup_ratio": (0, True, 1, True),
+    "weight_decay": (0, True, None, False),
+    "max_grad_norm": (0, True, None, False),
+    "adam_beta1": (0, True, 1, False),
+    "adam_beta2": (0, True, 1, False),
+    "adam_epsilon": (0, False, None, False),
+    "save_steps": (0, False, None, False),
+    "logging_steps": (0, False, None, False),
+    "eval_steps": (0, False, None, False),
+    "save_total_limit": (1, True, None, False),
+    "entropy_coef": (0, True, None, False),
+    "top_entropy_quantile": (0, False, 1, True),
+    "dataloader_num_workers": (0, True, None, False),
+}
+MAX_STEPS_LIMIT = 10**9  # optimizer steps; at a second a step, 30 years
+
+
 # Values TRL 1.15 only rejects mid-training (in `_compute_loss`); checked here up front.
 TRAINER_CHOICES: dict[str, tuple[str, ...]] = {
     "loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
@@ -329,9 +333,12 @@ class ExperimentConfig(_Section):
     name: str = Field(
         ...,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=128,
         description="run name (the YAML file's name when omitted); the run lives in `<output_dir>/<name>`",
     )
-    seed: int = Field(42, description="seeds Python, NumPy, torch, data order, sampling and problem generation")
+    seed: int = Field(
+        42, ge=0, le=2**32 - 1, description="seeds Python, NumPy, torch, data order, sampling and problem generation"
+    )
     output_dir: str = Field("runs", description="root directory for runs")
     model: ModelConfig = Field(
         ModelConfig(), description="the base model and its LoRA adapter; `model: NAME` is short for `model: {name: NAME}`"
@@ -444,7 +451,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value '{raw}' is not valid YAML ({exc.__class__.__name__})") from None
+        shown = raw if len(raw) <= 80 else raw[:77] + "..."
+        raise ConfigError(f"--set {key}: value '{shown}' {yaml_error_text(exc)}") from None
     return key.strip().split("."), value
 
 
@@ -477,14 +485,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = read_yaml_mapping(path)
     raw.setdefault("name", path.stem)
     for text in overrides:
         apply_override(raw, *parse_override(text))
@@ -493,14 +494,53 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
 
 def validate(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a raw mapping; any problem becomes a one-line ConfigError."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a mapping of sections at the top level, found a {type(raw).__name__}")
+    _check_finite(raw)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise _one_line(exc) from None
-    if cfg.trainer.get("max_steps", 0) <= 0:
-        raise ConfigError("trainer.max_steps must be a positive number of optimizer steps")
+    max_steps = cfg.trainer.get("max_steps", 0)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps must be a positive number of optimizer steps, a whole one (got {max_steps!r})")
+    if max_steps > MAX_STEPS_LIMIT:
+        raise ConfigError(f"trainer.max_steps {max_steps:,} is beyond {MAX_STEPS_LIMIT:,} optimizer steps: is it a typo?")
+    _check_trainer_ranges(cfg.trainer)
     _check_batches(cfg.trainer)
+    late = [s for s in cfg.checkpoints.steps or [] if s > max_steps]
+    if late:
+        raise ConfigError(
+            f"checkpoints.steps {late[:5]} lie beyond trainer.max_steps {max_steps}: remove them or raise max_steps "
+            "(the final step is always saved)"
+        )
     return cfg
+
+
+def _check_finite(value: Any, where: str = "") -> None:
+    """NaN or infinity anywhere in a config (a weight, a rate, a reward's params) is refused, naming the key."""
+    stack: list[tuple[str, Any]] = [(where, value)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"{path or 'config'}: {node} is not a finite number: write a number")
+        if isinstance(node, dict):
+            stack += [(f"{path}.{k}" if path else str(k), v) for k, v in node.items()]
+        elif isinstance(node, list):
+            stack += [(f"{path}.{i}" if path else str(i), v) for i, v in enumerate(node)]
+
+
+def _check_trainer_ranges(t: dict[str, Any]) -> None:
+    for key, (low, low_in, high, high_in) in TRAINER_RANGES.items():
+        value = t.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        too_low = low is not None and (value < low if low_in else value <= low)
+        too_high = high is not None and (value > high if high_in else value >= high)
+        if too_low or too_high:
+            lo = "" if low is None else f"{'>=' if low_in else '>'} {low:g}"
+            hi = "" if high is None else f"{'<=' if high_in else '<'} {high:g}"
+            raise ConfigError(f"trainer.{key}: {value!r} is out of range: it must be {' and '.join(b for b in (lo, hi) if b)}")
 
 
 def check_backend(cfg: ExperimentConfig, backend: str) -> None:

@@ -71,7 +71,9 @@ Checked before any model is loaded:
 
 - `use_vllm: true` is refused: Pass@K evaluation generates through TRL's `_generate_single_turn`, which under
   vLLM keeps one prompt per `num_generations` and samples at the training temperature.
-- `max_steps` must be a positive number of optimizer steps.
+- `max_steps` must be a positive number of optimizer steps (at most 10^9).
+- No value anywhere in the config may be NaN or infinite (`.nan`, `.inf`).
+- Numeric keys must lie in the range where training means something: {ranges}.
 - A generation batch (`per_device_train_batch_size` x `steps_per_generation`, or `generation_batch_size`) must
   split into whole groups of `num_generations` completions, and `num_generations` must be at least 2 (TRL's
   defaults 8, 1 and 8 stand in for keys left out).
@@ -87,6 +89,18 @@ Checked before any model is loaded:
 
 
 # --------------------------------------------------------------------------- rendering helpers
+
+
+def _ranges_text() -> str:
+    """`learning_rate` >= 0, `top_p` in (0, 1], ...: the bounds of config.TRAINER_RANGES, for the trainer rules."""
+    from training_with_unsloth.config import TRAINER_RANGES
+
+    def bound(key: str, low: float | None, low_in: bool, high: float | None, high_in: bool) -> str:
+        if low is not None and high is not None:
+            return f"`{key}` in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        return f"`{key}` {'>=' if low_in else '>'} {low:g}"
+
+    return ", ".join(bound(k, *r) for k, r in TRAINER_RANGES.items())
 
 
 def _prose(text: str) -> str:
@@ -277,7 +291,7 @@ def _trainer_section() -> list[str]:
     lines += ["", "Values TRL would reject only mid-training, checked when the config loads:", ""]
     for key in sorted(schema.TRAINER_CHOICES):
         lines.append(f"- `trainer.{key}`: one of {', '.join(_code(v) for v in schema.TRAINER_CHOICES[key])}")
-    lines += ["", _TRAINER_RULES]
+    lines += ["", _TRAINER_RULES.format(ranges=_ranges_text())]
     fields = sorted(GRPO_CONFIG_FIELDS)
     lines += [
         "<details><summary>Every field name <code>trainer:</code> accepts "

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from training_with_unsloth.checkpoints import AdapterRef, adapter_folder, is_run_dir, parse_spec, resolve
-from training_with_unsloth.config import ExperimentConfig, apply_override, parse_override, validate, yaml_load
+from training_with_unsloth.config import ExperimentConfig, apply_override, parse_override, validate
 from training_with_unsloth.errors import ConfigError, UserError
 from training_with_unsloth.rundir import RunDir, atomic_write_text, to_json
+from training_with_unsloth.yaml_reader import read_yaml_mapping
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class Result:
 def read_run_config(run: RunDir) -> dict[str, Any]:
     if not run.config.is_file():
         raise UserError(f"{run.path} is not a run directory (no config.yaml): pass --run runs/<name>")
-    return yaml_load(run.config.read_text()) or {}
+    return read_yaml_mapping(run.config, what="run's config")
 
 
 def targets_for_run(run: RunDir, checkpoint: str, label: str | None = None) -> list[Target]:
@@ -260,6 +261,22 @@ def _rows_text(n: int, n_formats: int) -> str:
     if n_formats > 1:
         return f"{n} held-out rows ({n // n_formats} problems x {n_formats} formats)"
     return f"{n} held-out problems"
+
+
+def check_out(out: Path) -> None:
+    """A UserError unless `out` can hold an evaluation: new, empty, or an evaluation's own folder (its table.csv
+    and resolved config.yaml), whose records a rerun replaces. A folder of other files is never written into."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: name a folder for the evaluation")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / "table.csv").is_file() and RunDir(out).is_run():
+        return
+    shown = ", ".join(p.name for p in sorted(out.iterdir())[:5])
+    raise UserError(
+        f"--out {out} holds files that are not an evaluation's ({shown}): refusing to write into it; "
+        "name a new or empty folder"
+    )
 
 
 def write_tables(results: list[Result], cfg: ExperimentConfig, out: Path, command: str) -> tuple[Path, Path]:

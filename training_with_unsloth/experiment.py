@@ -10,7 +10,7 @@ from training_with_unsloth import distributed
 from training_with_unsloth.config import ExperimentConfig
 from training_with_unsloth.jobs import job_record
 from training_with_unsloth.models import backends
-from training_with_unsloth.plan import Prepared, check_new_run, check_resume, dry_run_text, prepare
+from training_with_unsloth.plan import Prepared, check_new_run, check_resume, dry_run_text, keep_resumed_precision, prepare
 from training_with_unsloth.rundir import RunDir, atomic_write_json, atomic_write_text, environment
 
 
@@ -52,6 +52,10 @@ def plan(cfg: ExperimentConfig, *, resume: bool = False, overwrite: bool = False
         backends.resolve_model_path(cfg.model.name, allow_download=cfg.model.download)
     run = RunDir(cfg.run_dir)
     resume_from = check_resume(cfg, run) if resume else None
+    if resume:
+        pinned = keep_resumed_precision(cfg, run, cuda=cuda)
+        if pinned and distributed.is_main():
+            print(f"note: {pinned}", flush=True)
     if not dry_run:
         check_new_run(run, resume=resume, overwrite=overwrite)
 
@@ -80,7 +84,9 @@ def assemble(p: Plan) -> Assembled:
     cfg, run = p.cfg, p.run
     main = distributed.is_main()  # only the main process writes the run directory
     if p.overwrite and not p.resume_from and main:
-        run.clear()
+        kept = run.clear()
+        if kept:
+            print(f"note: --overwrite kept what is not the run's in {run.path}: {', '.join(kept[:5])}", flush=True)
     distributed.barrier()
     fresh = not run.path.exists()
     distributed.barrier()

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import rewards as reward_registry
 import tasks as task_registry
 from training_with_unsloth import distributed
-from training_with_unsloth.config import ExperimentConfig, check_backend, check_processes, check_task, yaml_load
+from training_with_unsloth.config import ExperimentConfig, check_backend, check_processes, check_task
 from training_with_unsloth.errors import ConfigError, UserError
 from training_with_unsloth.models import backends
-from training_with_unsloth.rundir import RunDir
-from training_with_unsloth.schedule import checkpoint_steps, eval_steps
+from training_with_unsloth.resume import checkpoint_step
+from training_with_unsloth.rundir import RunDir, checkpoint_problem, json_object_or_none
+from training_with_unsloth.schedule import Steps, checkpoint_steps, eval_steps
+from training_with_unsloth.yaml_reader import read_yaml_mapping
 
 # Sections that must match the run's saved config to resume it (the rest may change, e.g. max_steps).
 RESUME_MUST_MATCH = ("seed", "model", "task", "rewards", "curriculum", "replay")
@@ -26,8 +30,8 @@ class Prepared:
     backend: backends.Backend
     task: Any
     reward_specs: list[dict[str, Any]]
-    eval_steps: list[int]
-    checkpoint_steps: list[int]
+    eval_steps: Steps
+    checkpoint_steps: Steps
 
 
 def prepare(cfg: ExperimentConfig, *, cuda: bool | None = None) -> Prepared:
@@ -49,28 +53,144 @@ def prepare(cfg: ExperimentConfig, *, cuda: bool | None = None) -> Prepared:
 
 
 def check_resume(cfg: ExperimentConfig, run: RunDir) -> str:
-    """The trainer checkpoint `--resume` continues from; a UserError when there is none or the run changed."""
+    """The trainer checkpoint `--resume` continues from; a UserError when there is none or the run changed.
+
+    A checkpoint a kill or a full disk left incomplete (no trainer_state.json, a file that does not parse) is
+    passed over for the one before it, with a note; the resume then sets it aside with the later steps.
+    Everything here only reads: a refused resume changes nothing.
+    """
+    check_output_dir(run)
+    if not run.path.is_dir():
+        raise UserError(f"--resume: {run.path} does not exist: start the run without --resume")
+    run.check_ours("resume")
     ckpt = run.last_trainer_checkpoint()
+    later = [(s, p) for s, p in run.trainer_checkpoints() if ckpt is None or s > checkpoint_step(ckpt)]
     if ckpt is None:
-        raise UserError(f"--resume: {run.trainer} holds no complete trainer checkpoint to continue from")
+        if later:
+            s, p = later[-1]
+            raise UserError(
+                f"--resume: {run.trainer} holds no complete trainer checkpoint (checkpoint-{s}: {checkpoint_problem(p)}): "
+                "start again with --overwrite"
+            )
+        raise UserError(
+            f"--resume: {run.trainer} holds no trainer checkpoint to continue from (one is saved every "
+            f"trainer.save_steps steps): start again with --overwrite"
+        )
+    if later and distributed.is_main():
+        for s, p in later:
+            print(f"note: trainer/checkpoint-{s} is incomplete ({checkpoint_problem(p)}): resuming from {ckpt.name}", flush=True)
+    step = checkpoint_step(ckpt)
+    if cfg.max_steps < step:
+        raise UserError(
+            f"--resume: trainer.max_steps {cfg.max_steps} is below step {step} of {ckpt.name}, which the run resumes "
+            f"from: set trainer.max_steps to {step} or more"
+        )
     if run.config.is_file():
-        saved = yaml_load(run.config.read_text()) or {}
+        saved = read_yaml_mapping(run.config, what="run's config")
         now = cfg.model_dump(mode="json")
+        if "auto" in (_dtype(saved), _dtype(now)):  # auto against a pinned dtype: keep_resumed_precision judges it
+            saved, now = _without_dtype(saved), _without_dtype(now)
         changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != now.get(k)]
         if changed:
+            from training_with_unsloth.resume import config_changes
+
+            diffs = config_changes({k: saved.get(k) for k in changed}, {k: now.get(k) for k in changed})
+            shown = "; ".join(f"{k} {v['old']!r} -> {v['new']!r}" for k, v in list(diffs.items())[:3])
+            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
             raise UserError(
-                f"--resume: {', '.join(changed)} differ from {run.config}; a resumed run must keep them "
+                f"--resume: {', '.join(changed)} differ from {run.config} ({shown}{more}); a resumed run must keep them "
                 "(start a new run with --set name=<new>)"
             )
     return str(ckpt)
 
 
-def check_new_run(run: RunDir, *, resume: bool, overwrite: bool) -> None:
-    """A UserError when a fresh run would write over an existing one."""
-    if not resume and run.has_run() and not overwrite:
+def check_output_dir(run: RunDir) -> None:
+    """A UserError when the run directory cannot be made: a name too long for the file system, or a file on its path."""
+    try:
+        limit = os.pathconf(Path.cwd().anchor or "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    too_long = next((part for part in run.path.parts if len(os.fsencode(part)) > limit), None)
+    if too_long is not None:
+        raise UserError(f"'{too_long[:40]}...' is longer than the {limit} bytes a file name may have here: shorten it")
+    for parent in [run.path, *run.path.parents]:
+        try:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UserError(f"{parent} is a file, not a folder: output_dir / name must name a folder for the run")
+                break
+        except OSError as exc:
+            raise UserError(f"{run.path}: {exc.strerror}: set output_dir and name to a folder you can write") from None
+
+
+def _dtype(config: dict[str, Any]) -> Any:
+    model = config.get("model")
+    return model.get("dtype", "auto") if isinstance(model, dict) else None
+
+
+def _without_dtype(config: dict[str, Any]) -> dict[str, Any]:
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return config
+    return {**config, "model": {k: v for k, v in model.items() if k != "dtype"}}
+
+
+def recorded_dtype(run: RunDir) -> str | None:
+    """The dtype the run last computed in, as env.json records it (its latest resume's, else its start's)."""
+    env = json_object_or_none(run.env)
+    if env is None:
+        return None
+    records = [env, *[r for r in env.get("resumes") or [] if isinstance(r, dict)]]
+    dtypes = [(r.get("model") or {}).get("dtype") for r in records if isinstance(r.get("model"), dict)]
+    dtypes = [d for d in dtypes if d in ("float32", "bfloat16", "float16")]
+    return dtypes[-1] if dtypes else None
+
+
+def keep_resumed_precision(cfg: ExperimentConfig, run: RunDir, *, cuda: bool) -> str | None:
+    """A resumed run computes in the dtype it started in: `model.dtype: auto` is pinned to it (returns a note);
+    a device that cannot compute in it is a UserError naming `model.dtype`.
+
+    `auto` resolves on the machine at hand, so without this a float16 run (T4) resumed on a bfloat16 card
+    would load its float16 gradient scaler into a bf16 trainer (a crash in `Trainer._load_scaler`), and a
+    bfloat16 run resumed on a T4 would continue silently in float16.
+    """
+    from training_with_unsloth.trainer_args import resolve_precision
+
+    recorded = recorded_dtype(run)
+    if recorded is None:
+        return None
+    resolved, _ = resolve_precision(cfg, cuda=cuda)
+    if resolved == recorded:
+        return None
+    device = "this CPU" if not cuda else "this GPU"
+    if cfg.model.dtype != "auto":
         raise UserError(
-            f"{run.path} already holds a run: pass --resume to continue it, --overwrite to replace it, "
-            "or --set name=<new name>"
+            f"--resume: the run trained in {recorded} (env.json) and model.dtype asks for {cfg.model.dtype}: a run keeps "
+            f"its precision; set model.dtype: {recorded} (or auto) to continue it, or start a new run"
+        )
+    if cuda and recorded == "bfloat16" and not backends.bf16_supported():
+        raise UserError(
+            f"--resume: the run trained in bfloat16 (env.json) and {device} has no bfloat16 (model.dtype auto resolves "
+            "to float16 here): resume it on a card with bfloat16 (compute capability 8.0+), or start a new run"
+        )
+    if not cuda and recorded != "float32":
+        raise UserError(
+            f"--resume: the run trained in {recorded} on a GPU (env.json) and model.dtype auto resolves to float32 on "
+            f"{device}: resume it on a GPU, or start a new run"
+        )
+    cfg.model.dtype = recorded
+    return f"model.dtype auto is pinned to {recorded}, the precision the run trained in (auto would pick {resolved} here)"
+
+
+def check_new_run(run: RunDir, *, resume: bool, overwrite: bool) -> None:
+    """A UserError when a fresh run would write over an existing one, or over a folder that is not a run."""
+    check_output_dir(run)
+    if resume:
+        return
+    run.check_ours("overwrite" if overwrite else "write a run into")
+    if run.has_run() and not overwrite:
+        raise UserError(
+            f"{run.path} already holds a run: pass --resume to continue it, --overwrite to replace it, or --set name=<new name>"
         )
 
 
@@ -118,10 +238,12 @@ def _dry_run_lengths(cfg: ExperimentConfig, args: Any, train_ds: Any, eval_ds: A
     return f"note       {report.text()}: model.max_seq_length may be too short (checked exactly when the model is cached)"
 
 
-def _steps_text(steps: list, limit: int = 16) -> str:
+def _steps_text(steps: Steps | list, limit: int = 16) -> str:
     if len(steps) <= limit:
         return ", ".join(map(str, steps))
-    return ", ".join(map(str, steps[: limit - 2])) + f", ... , {steps[-1]} ({len(steps)} in all)"
+    head = steps.head(limit - 2) if isinstance(steps, Steps) else steps[: limit - 2]
+    last = steps.final() if isinstance(steps, Steps) else steps[-1]
+    return ", ".join(map(str, head)) + f", ... , {last} ({len(steps)} in all)"
 
 
 def plan_text(p: Prepared, *, cuda: bool, resume_from: str | None = None) -> str:
@@ -154,12 +276,14 @@ def plan_text(p: Prepared, *, cuda: bool, resume_from: str | None = None) -> str
         f"task       {cfg.task.name} {p.task.params.model_dump()}",
         "rewards    " + ", ".join(f"{s['name']} x{s.get('weight', 1.0)}" for s in p.reward_specs),
         f"steps      {cfg.max_steps} optimizer steps; {bs * ga * procs // ng} prompts x {ng} completions per step"
-        + (f" ({procs} processes x {bs * ga} completions)" if procs > 1 else "") + ", "
+        + (f" ({procs} processes x {bs * ga} completions)" if procs > 1 else "")
+        + ", "
         f"up to {t.get('max_completion_length', 512)} new tokens, lr {t.get('learning_rate', 1e-6)}, beta {t.get('beta', 0.0)}, "
         f"loss {t.get('loss_type', 'dapo')}",
         (
             f"eval       pass@{{{','.join(map(str, sorted(set(ev.k))))}}} on {ev.num_problems} held-out problems x "
-            f"{ev.num_samples} samples (T={ev.temperature})" + (" + greedy" if ev.greedy else "")
+            f"{ev.num_samples} samples (T={ev.temperature})"
+            + (" + greedy" if ev.greedy else "")
             + f" at steps {_steps_text(p.eval_steps)}"
             if p.eval_steps
             else "eval       off"

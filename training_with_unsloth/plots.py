@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training_with_unsloth.rundir import RunDir
+from training_with_unsloth.rundir import RunDir, temp_file_beside
 
 KL_ESTIMATES = ("kl/k1", "kl/k2", "kl/k3")
 
@@ -60,7 +59,7 @@ def _is_number(v: Any) -> bool:
 def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     """Write the figure beside its final name, then rename (readers never see half a PNG)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    fd, tmp = temp_file_beside(path, suffix=".png")
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -25,9 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training_with_unsloth.config import yaml_load
 from training_with_unsloth.errors import UserError
-from training_with_unsloth.rundir import RunDir, atomic_write_json, atomic_write_text, to_json
+from training_with_unsloth.rundir import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    json_object_or_none,
+    temp_dir_beside,
+    to_json,
+)
+from training_with_unsloth.yaml_reader import read_yaml_mapping
 
 RESEARCH_STATE_FILE = "research_state.json"  # in each trainer/checkpoint-<step>/, written before TRL's state
 # The copy of checkpoints/best/ kept in each trainer checkpoint. Nested one level deeper on purpose: transformers
@@ -66,7 +72,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _build_dir(final: Path, fill: Callable[[Path], None]) -> None:
     """Fill a temporary folder beside `final`, then rename it to `final` (which must not exist)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = temp_dir_beside(final)
     try:
         fill(tmp)
         os.rename(tmp, final)
@@ -142,11 +148,37 @@ def new_set_aside(run: RunDir) -> SetAside:
 
 
 def set_aside_metrics(run: RunDir, step: int, aside: SetAside) -> int:
-    """Move the metrics records after `step` (and the end-of-run summary) to the abandoned metrics.jsonl."""
-    _, dropped = run.split_metrics(step)
-    if dropped:  # written there first: a crash in between leaves the records in both, never in neither
+    """Move the metrics records after `step` (and the end-of-run summary) to the abandoned metrics.jsonl.
+
+    Lines that are not JSON objects (a torn last line after a crash, a corrupt line) go, as they were, to the
+    abandoned `metrics-unreadable.txt`: the resumed run appends to a file of whole records only."""
+    if not run.metrics.is_file():
+        return 0
+    kept: list[bytes] = []
+    dropped: list[dict[str, Any]] = []
+    unreadable: list[bytes] = []
+    with run.metrics.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int | float):
+                unreadable.append(raw if raw.endswith(b"\n") else raw + b"\n")
+            elif record.get("step", 0) <= step and record.get("kind") != "summary":
+                kept.append(raw if raw.endswith(b"\n") else raw + b"\n")
+            else:
+                dropped.append(record)
+    # Written there first: a crash in between leaves the lines in both places, never in neither.
+    if dropped:
         aside.write("metrics.jsonl", "".join(to_json(r) + "\n" for r in dropped), "metrics record", len(dropped))
-        run.truncate_metrics(step)
+    if unreadable:
+        text = b"".join(unreadable).decode("utf-8", errors="backslashreplace")
+        aside.write("metrics-unreadable.txt", text, "unreadable metrics line", len(unreadable))
+    if dropped or unreadable:
+        atomic_write_text(run.metrics, b"".join(kept).decode("utf-8", errors="backslashreplace"))
     return len(dropped)
 
 
@@ -195,17 +227,9 @@ def set_aside_step_files(run: RunDir, step: int, aside: SetAside) -> None:
 # ---------------------------------------------------------------------------- checkpoints/best as of the step
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _best_as_of(run: RunDir, checkpoint: Path, step: int, held: dict[str, Any] | None) -> dict[str, Any] | None:
     """Step, metric, mode and value of the best as of `step`: the checkpoint's research state, else the metrics."""
-    state = (_read_json(checkpoint / RESEARCH_STATE_FILE) or {}).get("best_checkpoint")
+    state = (json_object_or_none(checkpoint / RESEARCH_STATE_FILE) or {}).get("best_checkpoint")
     if isinstance(state, dict):
         return state if state.get("step") is not None else None
     if not held or "metric" not in held:
@@ -228,7 +252,7 @@ def restore_best(run: RunDir, checkpoint: Path, step: int, aside: SetAside) -> s
     adapter snapshot of the best step (with a meta.json from that step's eval record), else stays absent.
     """
     best = run.best
-    held = _read_json(best / "meta.json") if best.exists() else None
+    held = json_object_or_none(best / "meta.json") if best.exists() else None
     if best.exists():
         if held is None or not isinstance(held.get("step"), int) or held["step"] <= step:
             return None  # the best of the kept steps already (or not one the toolkit wrote)
@@ -236,7 +260,7 @@ def restore_best(run: RunDir, checkpoint: Path, step: int, aside: SetAside) -> s
     copy = checkpoint / BEST_COPY
     if (copy / "meta.json").is_file():
         _build_dir(best, lambda tmp: _link_files(copy, tmp))
-        kept = (_read_json(best / "meta.json") or {}).get("step")
+        kept = (json_object_or_none(best / "meta.json") or {}).get("step")
         return f"checkpoints/best restored to step {kept} from {copy.relative_to(run.path)}"
     target = _best_as_of(run, checkpoint, step, held)
     if target is None:
@@ -291,7 +315,7 @@ def update_config(run: RunDir, config_text: str, config: Mapping[str, Any], asid
         atomic_write_text(run.config, config_text)
         return {}
     old_text = run.config.read_text()
-    changes = config_changes(yaml_load(old_text) or {}, config)
+    changes = config_changes(read_yaml_mapping(run.config, what="run's config"), config)
     if changes:
         aside.write("config.yaml", old_text, "config")
         atomic_write_text(run.config, config_text)
@@ -349,7 +373,7 @@ def resume_run(
         "best": best_note,
         "stale_analysis": stale,
     }
-    saved = _read_json(run.env) or {}
+    saved = json_object_or_none(run.env) or {}
     saved.setdefault("resumes", []).append(record)
     atomic_write_json(run.env, saved)
     print(_summary(record["checkpoint"], aside, changes), flush=True)

@@ -22,10 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from training_with_unsloth.errors import UserError
 
 PACKAGES = (
     "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes",
@@ -33,10 +36,38 @@ PACKAGES = (
 )  # fmt: skip
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (read without changing it where /proc tells it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file_beside(path: Path, suffix: str = "") -> tuple[int, str]:
+    """`tempfile.mkstemp` beside `path`, with the mode a plain `open` would give (mkstemp's is 0600 whatever the
+    umask, so a file renamed into a run would be unreadable to colleagues on a shared machine)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+def temp_dir_beside(final: Path, prefix: str | None = None) -> Path:
+    """`tempfile.mkdtemp` beside `final`, with the mode `mkdir` would give (mkdtemp's is 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o777 & ~current_umask())
+    return tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to a temporary file beside `path`, fsync it, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -69,19 +100,89 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_text(path, to_json(value, indent=2) + "\n")
 
 
+_NOTED: set[str] = set()  # files whose skipped lines were already reported (once per process)
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
+    """The JSON objects of a JSON-lines file, one per line.
+
+    A torn last line (a crash mid-write: no newline after it) is skipped silently. Any other line that is not
+    a JSON object (corrupt text, a bare number or list, bytes that are not UTF-8) is skipped with a note on
+    stderr naming the file and the lines, once per file per process.
+    """
     if not path.is_file():
         return
-    with path.open() as f:
-        for line in f:
-            line = line.strip()
+    bad: list[int] = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
             if not line:
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+                value = json.loads(line)
+            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+                value = None
+            if isinstance(value, dict):
+                yield value
+            elif raw.endswith(b"\n") or value is not None:
+                bad.append(number)
+    if bad and str(path) not in _NOTED:
+        _NOTED.add(str(path))
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        print(
+            f"note: {path}: skipped {len(bad)} line{'s' * (len(bad) > 1)} that {'are' if len(bad) > 1 else 'is'} "
+            f"not a JSON object (line {shown})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def ends_mid_line(path: Path) -> bool:
+    """Whether a non-empty file's last byte is not a newline: a line a crash cut off mid-write."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
+# What a run writes at the top of its folder (docs/run-directory.md): `--overwrite` removes these and nothing else.
+RUN_ENTRIES = frozenset({
+    "config.yaml", "env.json", "metrics.jsonl", "timing.json", "pruned.json",
+    "eval", "checkpoints", "trainer", "plots", "analysis", "completions", "evaluations", "abandoned", "wandb",
+})  # fmt: skip
+_RUN_ENV_KEYS = frozenset({"created", "packages", "backend", "seed", "git"})  # what `environment()` records
+_RUN_CONFIG_KEYS = frozenset({"name", "seed", "output_dir", "model", "task", "trainer", "eval", "checkpoints", "kl"})
+
+
+def _ours(name: str) -> bool:
+    """A top-level entry a run writes (or keeps: `jobs/`), or the temporary file of one being written."""
+    if name in RUN_ENTRIES or name == "jobs":
+        return True
+    return name.startswith(".") and any(name.startswith(f".{entry}.") for entry in RUN_ENTRIES)
+
+
+def read_json_object(path: Path, *, remedy: str = "delete it to have it written again") -> dict[str, Any] | None:
+    """The JSON object in `path` (None when there is no such file); a UserError naming the file and `remedy` when
+    it is not a JSON object (cut short by a crash, edited by hand)."""
+    if not path.is_file():
+        return None
+    value = json_object_or_none(path)
+    if value is None:
+        raise UserError(f"{path} is not a readable JSON object: {remedy}")
+    return value
+
+
+def json_object_or_none(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when the file is missing, unreadable or holds something else."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class RunDir:
@@ -104,54 +205,94 @@ class RunDir:
     abandoned = property(lambda self: self.path / "abandoned")
 
     def create(self) -> None:
-        for d in (self.path, self.eval_dir, self.checkpoints, self.trainer, self.plots):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self.path, self.eval_dir, self.checkpoints, self.trainer, self.plots):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"cannot create the run directory {self.path}: {exc.strerror or type(exc).__name__}: "
+                "set output_dir to a folder you can write (or a shorter name)"
+            ) from None
 
     def has_run(self) -> bool:
         return self.metrics.exists() or any(self.checkpoints.glob("adapter-*")) or any(self.trainer.glob("checkpoint-*"))
 
-    def clear(self) -> None:
-        """Remove everything training writes (used by --overwrite); `analysis/` is removed too.
+    def is_run(self) -> bool:
+        """Whether the folder is provably a run this toolkit wrote: its `env.json` is the toolkit's record of a run,
+        or its `config.yaml` a resolved experiment config (every section present, as `config.yaml` is written)."""
+        env = json_object_or_none(self.env)
+        if env is not None and _RUN_ENV_KEYS <= env.keys():
+            return True
+        if not self.config.is_file():
+            return False
+        from training_with_unsloth.errors import ConfigError
+        from training_with_unsloth.yaml_reader import read_yaml_file
 
-        `jobs/` stays: the logs of submitit jobs (`experiments/submit.py`), one of which may be writing there now."""
-        if not self.path.exists():
+        try:
+            saved = read_yaml_file(self.config)
+        except ConfigError:
+            return False
+        return isinstance(saved, dict) and _RUN_CONFIG_KEYS <= saved.keys()
+
+    def foreign_entries(self) -> list[str]:
+        """Names in the folder that a run does not write (nor `jobs/`, which a run keeps): a user's files."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if not _ours(p.name))
+
+    def leftovers_only(self) -> bool:
+        """The folder holds nothing but empty folders of a run's names (a run killed while it was being created)
+        and `jobs/` (made by experiments/submit.py before the job starts)."""
+        return all(
+            p.is_dir() and not p.is_symlink() and (p.name == "jobs" or (p.name in RUN_ENTRIES and not any(p.iterdir())))
+            for p in self.path.iterdir()
+        )
+
+    def check_ours(self, action: str) -> None:
+        """A UserError unless the folder is a run this toolkit wrote (or the empty start of one)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path} is a file, not a run directory: set output_dir / name to a folder")
+        if not self.path.exists() or self.is_run() or self.leftovers_only():
             return
+        shown = ", ".join(p.name for p in sorted(self.path.iterdir())[:5]) or "nothing"
+        raise UserError(
+            f"{self.path} exists and is not a run of this toolkit (it holds {shown}): refusing to {action} it; "
+            "nothing was changed: set name (or output_dir) to a new folder"
+        )
+
+    def clear(self) -> list[str]:
+        """Remove what a run writes (used by --overwrite): the entries of `RUN_ENTRIES` and our temporary files.
+
+        Refuses (UserError) a folder that is not provably a run. Everything else stays: `jobs/` (the logs of
+        submitit jobs, `experiments/submit.py`, one of which may be writing there now) and any file of the
+        user's; their names are returned."""
+        if not self.path.exists():
+            return []
+        self.check_ours("overwrite")
         for child in self.path.iterdir():
-            if child == self.jobs:
+            if child.name == "jobs" or not _ours(child.name):
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
+        return self.foreign_entries()
 
     # ---- metrics
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line and flush it to disk, so a crash loses at most the line being written."""
+        """Append one JSON line and flush it to disk, so a crash loses at most the line being written.
+
+        After a torn last line (a crash mid-write) the record starts on a line of its own, never glued to it."""
         self.path.mkdir(parents=True, exist_ok=True)
         with self.metrics.open("a") as f:
+            if f.tell() > 0 and ends_mid_line(self.metrics):
+                f.write("\n")
             f.write(to_json(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return list(read_jsonl(self.metrics))
-
-    def split_metrics(self, last_step: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The records a resume from `last_step` keeps, and those it drops (later steps, the end-of-run summary)."""
-        kept: list[dict[str, Any]] = []
-        dropped: list[dict[str, Any]] = []
-        for r in self.read_metrics():
-            (kept if r.get("step", 0) <= last_step and r.get("kind") != "summary" else dropped).append(r)
-        return kept, dropped
-
-    def truncate_metrics(self, last_step: int) -> list[dict[str, Any]]:
-        """Keep records up to `last_step` (resume: the steps after the checkpoint will be redone); returns the rest."""
-        if not self.metrics.exists():
-            return []
-        kept, dropped = self.split_metrics(last_step)
-        if dropped:
-            atomic_write_text(self.metrics, "".join(to_json(r) + "\n" for r in kept))
-        return dropped
 
     # ---- checkpoints
     def adapter_dir(self, step: int) -> Path:
@@ -173,8 +314,8 @@ class RunDir:
         )
 
     def last_trainer_checkpoint(self) -> Path | None:
-        """The newest complete `trainer/checkpoint-<step>` (one with its trainer_state.json)."""
-        found = [p for _, p in self.trainer_checkpoints() if (p / "trainer_state.json").is_file()]
+        """The newest complete `trainer/checkpoint-<step>` (its trainer_state.json there and every file whole)."""
+        found = [p for _, p in self.trainer_checkpoints() if checkpoint_problem(p) is None]
         return found[-1] if found else None
 
     def passk_file(self, step: int) -> Path:
@@ -195,6 +336,49 @@ class RunDir:
             if folder.is_dir():
                 found += [(kind, int(m.group(1)), p) for p in folder.iterdir() if (m := re.fullmatch(pattern, p.name))]
         return sorted(found, key=lambda f: (f[0], f[1], f[2].name))
+
+
+def file_problem(path: Path) -> str | None:
+    """Why a file of a checkpoint would not load (None: it is whole), judged from its structure alone.
+
+    JSON must parse; safetensors' header must parse and its tensors end where the file ends; torch's
+    `.pt`/`.pth`/`.bin` files are zip archives whose directory (at the end) must be readable. A file cut
+    short by a kill or a full disk fails these checks without loading any tensor.
+    """
+    name = path.name
+    try:
+        if name.endswith(".json"):
+            json.loads(path.read_bytes())
+        elif name.endswith(".safetensors"):
+            size = path.stat().st_size
+            with path.open("rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    return "truncated (no safetensors header)"
+                length = int.from_bytes(head, "little")
+                if length > size - 8:
+                    return "truncated (its header runs past the end of the file)"
+                header = json.loads(f.read(length))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+            if 8 + length + end != size:
+                return f"truncated ({size:,} bytes, its header says {8 + length + end:,})"
+        elif name.endswith((".pt", ".pth", ".bin")):
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `trainer/checkpoint-<step>` cannot be resumed from (None: complete): no trainer_state.json (the trainer
+    writes it last), or a file of it that would not load."""
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json (it stopped while saving)"
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and (problem := file_problem(path)) is not None:
+            return f"{path.name} is {problem}"
+    return None
 
 
 def git_commit(start: Path | None = None) -> dict[str, Any]:

@@ -137,13 +137,13 @@ class Sweep:
     """A loaded sweep: its file, its folder and the base experiment every trial starts from."""
 
     def __init__(self, path: str | Path):
-        from training_with_unsloth.config import yaml_load
+        from training_with_unsloth.yaml_reader import read_yaml_file
 
         self.file = Path(path)
         if not self.file.is_file():
             raise ConfigError(f"sweep file not found: {self.file}")
-        raw = yaml_load(self.file.read_text()) or {}
-        if not isinstance(raw, dict):
+        raw = read_yaml_file(self.file, what="sweep")
+        if not isinstance(raw, dict) or not raw:
             raise ConfigError(f"{self.file}: expected a mapping (name, base, space, ...)")
         try:
             self.cfg = SweepConfig.model_validate(raw)

@@ -84,7 +84,9 @@ def resolve_precision(cfg: Any, *, cuda: bool) -> tuple[str, dict[str, bool]]:
             )
         dtype = "float32" if requested == "auto" else requested
         return dtype, {"bf16": False, "fp16": False}
-    bf16_ok = torch.cuda.is_bf16_supported()
+    from training_with_unsloth.models.backends import bf16_supported
+
+    bf16_ok = bf16_supported()
     card = torch.cuda.get_device_name(0) if torch.cuda.device_count() else "this GPU"
     dtype = ("bfloat16" if bf16_ok else "float16") if requested == "auto" else requested
     if dtype == "bfloat16" and not bf16_ok:

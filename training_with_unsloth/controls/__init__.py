@@ -11,13 +11,13 @@ Import after `backends.prepare()` (this module imports transformers).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import TrainerCallback
 
+from rewards.discovery import import_user_module
 from training_with_unsloth.errors import ConfigError
 
 
@@ -68,10 +68,7 @@ def check_protocol(callback: Any) -> None:
 def user_callback_class(path: str) -> type[ResearchCallback]:
     """The class `package.module:Class` names; a ConfigError unless it is a ResearchCallback."""
     module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"callbacks: cannot import '{module_name}' ({exc}): put it on PYTHONPATH or fix the name") from None
+    module = import_user_module(module_name, f"'{module_name}'", where="callbacks: ")
     cls = getattr(module, attr, None)
     if cls is None:
         raise ConfigError(f"callbacks: module '{module_name}' has no '{attr}'")

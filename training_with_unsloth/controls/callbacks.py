@@ -11,8 +11,8 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from training_with_unsloth.controls import ResearchCallback
 from training_with_unsloth.errors import ConfigError, closest
 from training_with_unsloth.evaluation import PassKEvaluator, seeded_evaluate
 from training_with_unsloth.plots import plot_run
-from training_with_unsloth.rundir import RunDir, atomic_write_json
+from training_with_unsloth.rundir import RunDir, atomic_write_json, temp_dir_beside
+from training_with_unsloth.schedule import as_steps
 
 
 def _timed(trainer: Any, phase: str) -> Any:
@@ -116,9 +117,9 @@ class TaskProgress(ResearchCallback):
 class PassKCallback(ResearchCallback):
     """Pass@K before the first update, on the schedule, and at the end of training."""
 
-    def __init__(self, evaluator: PassKEvaluator, steps: list[int], run: RunDir, seed: int):
+    def __init__(self, evaluator: PassKEvaluator, steps: Iterable[int], run: RunDir, seed: int):
         self.evaluator = evaluator
-        self.steps = set(steps)
+        self.steps = as_steps(steps)
         self.run = run
         self.seed = seed
         self.done: set[int] = set()
@@ -175,7 +176,7 @@ def save_adapter(trainer: Any, final: Path, meta: dict[str, Any]) -> Path:
     the old directory or the new one, never half of one.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = temp_dir_beside(final)
     try:
         trainer.model.save_pretrained(tmp, selected_adapters=["default"])
         atomic_write_json(tmp / "meta.json", meta)
@@ -196,9 +197,9 @@ def save_adapter(trainer: Any, final: Path, meta: dict[str, Any]) -> Path:
 class AdapterCheckpoints(ResearchCallback):
     """Adapter-only snapshots `checkpoints/adapter-<step>/` with `meta.json`, written atomically."""
 
-    def __init__(self, run: RunDir, steps: list[int], passk: PassKCallback | None = None):
+    def __init__(self, run: RunDir, steps: Iterable[int], passk: PassKCallback | None = None):
         self.run = run
-        self.steps = set(steps)
+        self.steps = as_steps(steps)
         self.passk = passk
         self.start = time.time()
         self.saved: set[int] = set()

@@ -119,13 +119,27 @@ def torch_dtype(name: str, cuda: bool):
     return _torch_dtype(name, cuda)
 
 
+def bf16_supported() -> bool:
+    """Whether the current CUDA device computes in bfloat16 natively: compute capability 8.0 or newer (Ampere on).
+
+    Not `torch.cuda.is_bf16_supported()`: by default it counts emulation (True on a T4 or V100) unless Unsloth,
+    imported first, has replaced it, so the answer would depend on the backend. Call only where CUDA is present.
+    """
+    import torch
+
+    if torch.version.hip:  # ROCm: torch's own answer (no emulation there)
+        return bool(torch.cuda.is_bf16_supported())
+    major, _minor = torch.cuda.get_device_capability()
+    return major >= 8
+
+
 def _torch_dtype(name: str, cuda: bool):
     import torch
 
     if name == "auto":
         if not cuda:
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if bf16_supported() else torch.float16
     return getattr(torch, name)
 
 
