@@ -436,3 +436,23 @@ def test_evaluate_and_export_never_write_into_a_folder_of_someone_elses(tmp_path
     earlier.mkdir()
     (earlier / "export.json").write_text("{}")
     exporting.check_out(earlier, overwrite=True)  # an earlier export is replaced on request
+
+
+# ---------------------------------------------------------------------------- item 8: the first lines a newcomer sees
+
+
+def test_the_two_harmless_import_warnings_are_dropped_and_nothing_else(caplog):
+    import logging
+
+    from training_with_unsloth.cli import HARMLESS_WARNINGS, run_main
+
+    def body() -> int:
+        for name, prefix in HARMLESS_WARNINGS.items():
+            logging.getLogger(name).warning(prefix + " (the library's own words)")
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("a warning that does matter")
+        return 0
+
+    with caplog.at_level(logging.WARNING):
+        assert run_main(body) == 0
+    shown = [r.getMessage() for r in caplog.records]
+    assert shown == ["a warning that does matter"]
