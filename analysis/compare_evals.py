@@ -100,8 +100,9 @@ def _values(metric: str, line: dict[str, Any], where: str) -> float:
     return float(majority_correct(answers[:k], correct[:k]))
 
 
-def compare(run_dir: str | Path | RunDir, step_a: int, step_b: int, metrics: Sequence[str] | None = None
-            ) -> tuple[list[Comparison], int]:
+def compare(
+    run_dir: str | Path | RunDir, step_a: int, step_b: int, metrics: Sequence[str] | None = None
+) -> tuple[list[Comparison], int]:
     """The comparisons of `metrics` between the evaluations at `step_a` and `step_b`, and the number of paired problems."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if not run.path.is_dir():
@@ -114,8 +115,7 @@ def compare(run_dir: str | Path | RunDir, step_a: int, step_b: int, metrics: Seq
     if not keys:
         raise UserError(f"the evaluations at steps {step_a} and {step_b} share no problem (problem_id, condition)")
     if metrics is None:
-        greedy = all(lines_a[k].get("greedy_correct") is not None and lines_b[k].get("greedy_correct") is not None
-                     for k in keys)
+        greedy = all(lines_a[k].get("greedy_correct") is not None and lines_b[k].get("greedy_correct") is not None for k in keys)
         metrics = ["pass@1", *(["greedy_pass@1"] if greedy else [])]
     where_a, where_b = f"step {step_a}", f"step {step_b}"
     out = []
@@ -144,8 +144,10 @@ def format_report(comparisons: list[Comparison], step_a: int, step_b: int, paire
     for c in comparisons:
         rows.append(f"{c.metric:<16} {c.a:>10.4f} {c.b:>10.4f} {c.diff:>+11.4f}  [{c.low:+.4f}, {c.high:+.4f}] {_p(c.p):>7}")
         if c.mcnemar_p is not None:
-            rows.append(f"{'':<16} McNemar exact p={c.mcnemar_p:.4f} (discordant: {c.only_a} solved at step {step_a} only, "
-                        f"{c.only_b} at step {step_b} only)")
+            rows.append(
+                f"{'':<16} McNemar exact p={c.mcnemar_p:.4f} (discordant: {c.only_a} solved at step {step_a} only, "
+                f"{c.only_b} at step {step_b} only)"
+            )
     return "\n".join(rows)
 
 
@@ -157,8 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--run", required=True, metavar="DIR", help="the run directory (reads eval/passk-<step>.jsonl)")
     p.add_argument("--steps", required=True, nargs=2, type=int, metavar=("A", "B"), help="the two evaluated steps")
-    p.add_argument("--metric", nargs="+", metavar="M", help="pass@K, maj@K, sample_accuracy, greedy_pass@1 "
-                   "(default: pass@1, and greedy_pass@1 when both evaluations have greedy answers)")
+    p.add_argument(
+        "--metric",
+        nargs="+",
+        metavar="M",
+        help="pass@K, maj@K, sample_accuracy, greedy_pass@1 "
+        "(default: pass@1, and greedy_pass@1 when both evaluations have greedy answers)",
+    )
     args = p.parse_args(argv)
     return run_main(lambda: _run(args))
 

@@ -266,8 +266,14 @@ def estimate(model: Any, probe: Any, masks: dict[str, None] | None, settings: Se
 
 
 def estimate_llc(
-    model: Any, dataset: Any, loss_fn: Any, masks: dict[str, Any] | None, settings: Settings, device: str,
-    *, init_loss_batches: int,
+    model: Any,
+    dataset: Any,
+    loss_fn: Any,
+    masks: dict[str, Any] | None,
+    settings: Settings,
+    device: str,
+    *,
+    init_loss_batches: int,
 ) -> dict[str, Any]:
     """One devinterp LLC estimate of any torch model; what `estimate` runs on the probe set.
 
@@ -531,8 +537,15 @@ def run_llc(run: Any, cfg: Any, settings: Settings, steps: list[int], *, device:
 
 
 def calibrate(
-    run: Any, cfg: Any, base: Settings, lrs: list[float], n_betas: list[float], *, device: str,
-    steps: list[int] | None = None, first_healthy: bool = False,
+    run: Any,
+    cfg: Any,
+    base: Settings,
+    lrs: list[float],
+    n_betas: list[float],
+    *,
+    device: str,
+    steps: list[int] | None = None,
+    first_healthy: bool = False,
 ) -> dict[str, Any]:
     """Grid of lr x n_beta on `steps` (default the first and last checkpoint); table, trace grid, recommendation.
     With `first_healthy` the lrs are tried in the order given and each checkpoint's scan stops at the first healthy one.
@@ -565,8 +578,17 @@ def calibrate(
 
 
 def calibration_estimates(
-    run: Any, model: Any, probes: ProbeSource, masks: dict[str, None], base: Settings, steps: list[int],
-    lrs: list[float], n_betas: list[float], *, device: str, first_healthy: bool = False,
+    run: Any,
+    model: Any,
+    probes: ProbeSource,
+    masks: dict[str, None],
+    base: Settings,
+    steps: list[int],
+    lrs: list[float],
+    n_betas: list[float],
+    *,
+    device: str,
+    first_healthy: bool = False,
 ) -> tuple[list[dict[str, Any]], list[list[list[float]]]]:
     """One LLC estimate per checkpoint x lr x n_beta, in that order, with progress and ETA printed.
     With `first_healthy`, a checkpoint's scan stops at the first lr with a healthy estimate.
@@ -615,8 +637,13 @@ def calibration_estimates(
 
 
 def plot_calibration(
-    run: Any, steps: list[int], lrs: list[float], n_betas: list[float],
-    results: list[dict[str, Any]], traces: list[list[list[float]]], path: Path,
+    run: Any,
+    steps: list[int],
+    lrs: list[float],
+    n_betas: list[float],
+    results: list[dict[str, Any]],
+    traces: list[list[list[float]]],
+    path: Path,
 ) -> Path:
     """One panel per lr x n_beta: each chain's loss trace on the first (blue) and last (orange) checkpoint."""
     import matplotlib
@@ -675,7 +702,11 @@ def recommend_setting(results: list[dict[str, Any]], default_n_beta: float | Non
 
 
 def write_calibration(
-    run: Any, steps: list[int], results: list[dict[str, Any]], rec: dict[str, Any] | None, settings: Settings,
+    run: Any,
+    steps: list[int],
+    results: list[dict[str, Any]],
+    rec: dict[str, Any] | None,
+    settings: Settings,
     traces: list[list[list[float]]] | None = None,
 ) -> None:
     """`calibration.csv` (one row per grid point) and `calibration.json` (steps, results, recommendation)."""
@@ -858,9 +889,9 @@ def choose_settings(run: Any, cfg: Any, settings: Settings, args: argparse.Names
             f"checkpoint ({last}) (--no-calibrate to skip, --lr to choose, --calibrate for the full lr x n_beta grid)",
             flush=True,
         )
-        rec = calibrate(
-            run, cfg, settings, lrs, [settings.n_beta], device=device, steps=[last], first_healthy=True
-        )["recommended"]
+        rec = calibrate(run, cfg, settings, lrs, [settings.n_beta], device=device, steps=[last], first_healthy=True)[
+            "recommended"
+        ]
     if rec is None:
         print(
             f"warning: no calibrated setting was healthy on the first and last checkpoint; using lr {settings.lr:g}, "

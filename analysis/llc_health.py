@@ -127,8 +127,17 @@ def _var(xs: Sequence[float]) -> float:
 
 
 def mala_acceptance(
-    model: Any, input_ids: Any, loss_fn: Any, params: Sequence[Any], *, lr: float, n_beta: float, localization: float,
-    steps: int, seed: int, preconditioner: Sequence[Any] | None = None,
+    model: Any,
+    input_ids: Any,
+    loss_fn: Any,
+    params: Sequence[Any],
+    *,
+    lr: float,
+    n_beta: float,
+    localization: float,
+    steps: int,
+    seed: int,
+    preconditioner: Sequence[Any] | None = None,
 ) -> float:
     """Mean Metropolis-Hastings acceptance probability of SGLD's Langevin proposal along a short chain.
 

@@ -341,7 +341,7 @@ def detect_windows(
         w = min(tau - tn[a], tn[b - 1] - tau)
         effect = (jump + abs(sr[j] - sl[j]) * w) / math.sqrt(var)  # in noise sigmas
         if point_sigma is not None:  # in the rms sigma of the points around the break
-            near = point_sigma[max(a, i - half - 1): min(b, i + half + 1)]
+            near = point_sigma[max(a, i - half - 1) : min(b, i + half + 1)]
             effect *= sigma / float(np.sqrt(np.mean(near**2)))
         score = min(z, effect)
         wq = None if weights is None else weights[a:b]
@@ -509,17 +509,21 @@ def load_run_series_std(run: RunDir | str | Path, column: str) -> tuple[np.ndarr
             std = load_csv_series(run.analysis / "llc.csv", std_col, step_column="step")[1]
             how = f"per-point {std_col} (analysis/llc.csv)"
     elif source == "eval":
-        std = np.array([_ci_sigma(rec.get(f"{column}_ci")) for rec in run.read_metrics()
-                        if rec.get("kind") == "eval" and column in rec and "step" in rec], dtype=float)
+        std = np.array(
+            [
+                _ci_sigma(rec.get(f"{column}_ci"))
+                for rec in run.read_metrics()
+                if rec.get("kind") == "eval" and column in rec and "step" in rec
+            ],
+            dtype=float,
+        )
         how = f"per-point {column}_ci half-width / 1.96"
     if std is not None and not np.any(np.isfinite(std) & (std > 0)):
         std, how = None, "noise estimated from the residuals (no usable per-point std)"
     return steps, values, std, how
 
 
-def load_series(
-    source: RunDir | str | Path, column: str, *, step_column: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def load_series(source: RunDir | str | Path, column: str, *, step_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of `column` from a run directory or from a CSV file."""
     if isinstance(source, RunDir) or Path(source).is_dir():
         return load_run_series(source, column)
@@ -575,8 +579,7 @@ def analyse_run(
             steps, values, std, used[col] = load_run_series_std(run, col)
         else:
             (steps, values), std, used[col] = load_run_series(run, col), None, "noise estimated from the residuals (--no-std)"
-        windows += detect_windows(steps, values, column=col, smooth=smooth, threshold=threshold,
-                                  min_points=min_points, std=std)
+        windows += detect_windows(steps, values, column=col, smooth=smooth, threshold=threshold, min_points=min_points, std=std)
     if sigma_used is not None:
         sigma_used.update(used)
     if write:
@@ -614,22 +617,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold and it fits better than a smooth parabola. See the module docstring.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="DIR", help="a run directory; reads analysis/llc.csv and metrics.jsonl "
-                     "(train and eval records) and writes analysis/phases.json")
+    src.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a run directory; reads analysis/llc.csv and metrics.jsonl (train and eval records) and writes analysis/phases.json",
+    )
     src.add_argument("--csv", metavar="FILE", help="any CSV with a step column (e.g. a wandb export)")
-    p.add_argument("--column", action="append", metavar="NAME", help="series to analyse (repeatable). With --run the "
-                   "default is whichever of " + ", ".join(DEFAULT_RUN_COLUMNS) + " exist; required with --csv")
-    p.add_argument("--step-column", metavar="NAME", help="the CSV's step column (default: the first of "
-                   + ", ".join(STEP_COLUMNS) + " present)")
-    p.add_argument("--std-column", action="append", metavar="NAME", help="the CSV column holding each point's "
-                   "standard deviation, one per --column in order: each point is judged against its own error "
-                   "(with --run, llc_std and the eval <metric>_ci intervals are used automatically)")
-    p.add_argument("--no-std", action="store_true", help="with --run: ignore per-point errors, estimate the noise "
-                   "from the residuals only")
-    p.add_argument("--smooth", type=int, metavar="N", help="smoothing span in points; windows cover at least this "
-                   "many points around a change (default: sqrt(n) clipped to 3..25)")
-    p.add_argument("--threshold", type=float, default=4.0, metavar="T",
-                   help="minimum score: strength of a change relative to noise (default 4.0)")
+    p.add_argument(
+        "--column",
+        action="append",
+        metavar="NAME",
+        help="series to analyse (repeatable). With --run the "
+        "default is whichever of " + ", ".join(DEFAULT_RUN_COLUMNS) + " exist; required with --csv",
+    )
+    p.add_argument(
+        "--step-column",
+        metavar="NAME",
+        help="the CSV's step column (default: the first of " + ", ".join(STEP_COLUMNS) + " present)",
+    )
+    p.add_argument(
+        "--std-column",
+        action="append",
+        metavar="NAME",
+        help="the CSV column holding each point's "
+        "standard deviation, one per --column in order: each point is judged against its own error "
+        "(with --run, llc_std and the eval <metric>_ci intervals are used automatically)",
+    )
+    p.add_argument(
+        "--no-std", action="store_true", help="with --run: ignore per-point errors, estimate the noise from the residuals only"
+    )
+    p.add_argument(
+        "--smooth",
+        type=int,
+        metavar="N",
+        help="smoothing span in points; windows cover at least this "
+        "many points around a change (default: sqrt(n) clipped to 3..25)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=4.0,
+        metavar="T",
+        help="minimum score: strength of a change relative to noise (default 4.0)",
+    )
     p.add_argument("--min-points", type=int, default=3, metavar="K", help="fewest points each side of a change (default 3)")
     p.add_argument("--json", action="store_true", help='print a JSON list of {"start", "end", "column", "score"}')
     return p
@@ -666,8 +696,15 @@ def _windows(args: argparse.Namespace) -> list[Window]:
         if args.std_column:
             raise SeriesError("--std-column is for --csv; --run uses llc_std and the eval <metric>_ci intervals itself")
         used: dict[str, str] = {}
-        windows = analyse_run(run, args.column, smooth=args.smooth, threshold=args.threshold,
-                              min_points=args.min_points, use_std=not args.no_std, sigma_used=used)
+        windows = analyse_run(
+            run,
+            args.column,
+            smooth=args.smooth,
+            threshold=args.threshold,
+            min_points=args.min_points,
+            use_std=not args.no_std,
+            sigma_used=used,
+        )
         _print_sigma(used)
         return windows
     if not args.column:
@@ -683,8 +720,9 @@ def _windows(args: argparse.Namespace) -> list[Window]:
         else:
             (steps, values), std = load_csv_series(args.csv, col, step_column=args.step_column), None
             used[col] = "noise estimated from the residuals"
-        windows += detect_windows(steps, values, column=col, smooth=args.smooth,
-                                  threshold=args.threshold, min_points=args.min_points, std=std)
+        windows += detect_windows(
+            steps, values, column=col, smooth=args.smooth, threshold=args.threshold, min_points=args.min_points, std=std
+        )
     _print_sigma(used)
     return windows
 

@@ -180,17 +180,17 @@ def load_run(run_dir: str | Path | RunDir, *, detect: bool = True) -> RunData:
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     rewards: dict[str, Series] = {}
-    if (s := _series(train, "reward")):
+    if s := _series(train, "reward"):
         rewards["total"] = s
     for key in sorted({k for r in train for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
-        if (s := _series(train, key)):
+        if s := _series(train, key):
             rewards[key.removeprefix("rewards/").removesuffix("/mean")] = s
     passk: dict[str, Series] = {}
     keys = sorted({k for r in evals for k in r if re.fullmatch(r"eval/pass@\d+", k)}, key=lambda k: int(k.split("@")[1]))
     for key in keys:
-        if (s := _series(evals, key)):
+        if s := _series(evals, key):
             passk[key.removeprefix("eval/")] = _with_interval(evals, key, s)
-    if (s := _series(evals, "eval/greedy_pass@1")):
+    if s := _series(evals, "eval/greedy_pass@1"):
         passk["greedy pass@1"] = _with_interval(evals, "eval/greedy_pass@1", s)
     llc = read_llc(run)
     conditions, conditions_greedy = read_conditions(run)
@@ -239,11 +239,33 @@ def _draw_llc(ax, llc: LLCTable) -> None:
     ok = llc.healthy & np.isfinite(llc.mean)
     bad = ~llc.healthy & np.isfinite(llc.mean)
     ax.plot(llc.steps[np.isfinite(llc.mean)], llc.mean[np.isfinite(llc.mean)], "-", color="tab:blue", lw=1.2, zorder=2)
-    ax.errorbar(llc.steps[ok], llc.mean[ok], yerr=np.nan_to_num(llc.std[ok]), fmt="o", color="tab:blue",
-                ms=4.5, capsize=3, lw=1, zorder=3, label="LLC mean ± std")
+    ax.errorbar(
+        llc.steps[ok],
+        llc.mean[ok],
+        yerr=np.nan_to_num(llc.std[ok]),
+        fmt="o",
+        color="tab:blue",
+        ms=4.5,
+        capsize=3,
+        lw=1,
+        zorder=3,
+        label="LLC mean ± std",
+    )
     if bad.any():
-        ax.errorbar(llc.steps[bad], llc.mean[bad], yerr=np.nan_to_num(llc.std[bad]), fmt="o", mfc="white",
-                    mec="tab:red", ecolor="tab:red", ms=6, capsize=3, lw=1, zorder=4, label="unhealthy estimate")
+        ax.errorbar(
+            llc.steps[bad],
+            llc.mean[bad],
+            yerr=np.nan_to_num(llc.std[bad]),
+            fmt="o",
+            mfc="white",
+            mec="tab:red",
+            ecolor="tab:red",
+            ms=6,
+            capsize=3,
+            lw=1,
+            zorder=4,
+            label="unhealthy estimate",
+        )
         ax.plot(llc.steps[bad], llc.mean[bad], "x", color="tab:red", ms=4, zorder=5)
     if llc.groups:  # per-group LLCs have their own scale: a second y axis
         twin = ax.twinx()
@@ -251,8 +273,9 @@ def _draw_llc(ax, llc: LLCTable) -> None:
             fin = np.isfinite(gm)
             color = f"C{(i + 2) % 10}"
             twin.plot(llc.steps[fin], gm[fin], "--", color=color, lw=1, label=f"LLC [{g}] (right axis)")
-            twin.fill_between(llc.steps[fin], (gm - np.nan_to_num(gs))[fin], (gm + np.nan_to_num(gs))[fin],
-                              color=color, alpha=0.12)
+            twin.fill_between(
+                llc.steps[fin], (gm - np.nan_to_num(gs))[fin], (gm + np.nan_to_num(gs))[fin], color=color, alpha=0.12
+            )
         twin.set_ylabel("group LLC", fontsize=8)
         twin.tick_params(labelsize=7)
         ax._group_twin = twin  # legend handles are collected from it
@@ -264,8 +287,9 @@ def _draw_rewards(ax, rewards: dict[str, Series], smooth: int | None = None) -> 
         color = "black" if label == "total" else f"C{i % 10}"
         ax.plot(s.steps, s.values, "-", color=color, lw=0.7, alpha=0.35)
         st, sv = smooth_series(s.steps, s.values, smooth)
-        ax.plot(st, sv, "-", color=color, lw=2.2 if label == "total" else 1.8,
-                label="total reward" if label == "total" else label)
+        ax.plot(
+            st, sv, "-", color=color, lw=2.2 if label == "total" else 1.8, label="total reward" if label == "total" else label
+        )
     ax.set_ylabel("reward")
 
 
@@ -316,8 +340,7 @@ def build_combined_figure(run_dir: str | Path | RunDir | RunData, smooth: int | 
             h, lab = h + th, lab + tl
         if k == 0:  # the window colours are explained once, in the top panel's legend
             h, lab = h + patches, lab + [p.get_label() for p in patches]
-        ax.legend(h, lab, fontsize=7, loc="center left", bbox_to_anchor=(1.06 if twin is not None else 1.01, 0.5),
-                  frameon=False)
+        ax.legend(h, lab, fontsize=7, loc="center left", bbox_to_anchor=(1.06 if twin is not None else 1.01, 0.5), frameon=False)
     axes[-1].set_xlabel("training step")
     n_win = len(data.windows)
     sub = f"{n_win} transition window{'s' if n_win != 1 else ''} shaded" if n_win else "no transition windows detected"

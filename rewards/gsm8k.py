@@ -54,7 +54,4 @@ def gsm8k_correct(
     """
     if mode not in ANSWER_MODES:
         raise ConfigError(f"reward parameter 'gsm8k_correct.mode' must be 'strict' or 'lenient', got {mode!r}")
-    return [
-        correct if is_gsm8k_correct(completion_text(c), a, mode) else 0.0
-        for c, a in zip(completions, answer, strict=True)
-    ]
+    return [correct if is_gsm8k_correct(completion_text(c), a, mode) else 0.0 for c, a in zip(completions, answer, strict=True)]

@@ -239,9 +239,7 @@ def _paren_depth(expr: str) -> int:
     return deepest
 
 
-def _eval_node(
-    node: ast.AST, depth: int, allow_div: bool, max_depth: int, max_abs: int, literals: list[int]
-) -> Fraction | None:
+def _eval_node(node: ast.AST, depth: int, allow_div: bool, max_depth: int, max_abs: int, literals: list[int]) -> Fraction | None:
     if depth > max_depth:
         return None
     if isinstance(node, ast.Constant):

@@ -108,9 +108,7 @@ def _read_hub(source: str, *, split: str, subset: str | None, download: bool, ta
             return datasets.load_dataset(source, subset, split=split)
     except (ConnectionError, FileNotFoundError) as exc:
         if download:
-            raise ConfigError(
-                f"task '{task}': cannot download dataset '{source}'{of_subset}: {_first_line(exc)}"
-            ) from exc
+            raise ConfigError(f"task '{task}': cannot download dataset '{source}'{of_subset}: {_first_line(exc)}") from exc
         cached = _hub_snapshot(source)
         if cached is None:
             raise ConfigError(
@@ -118,9 +116,7 @@ def _read_hub(source: str, *, split: str, subset: str | None, download: bool, ta
                 f"set task.download: true, or {hint}"
             ) from exc
     except _READ_ERRORS as exc:  # e.g. an unknown subset or split
-        raise ConfigError(
-            f"task '{task}': cannot load split '{split}' of '{source}'{of_subset}: {_first_line(exc)}"
-        ) from exc
+        raise ConfigError(f"task '{task}': cannot load split '{split}' of '{source}'{of_subset}: {_first_line(exc)}") from exc
     try:
         with _hub_offline(True):
             return datasets.load_dataset(cached, subset, split=split)
@@ -139,9 +135,7 @@ def _hub_snapshot(repo_id: str) -> str | None:
         return None
 
 
-def _pick_split(
-    loaded: datasets.Dataset | datasets.DatasetDict, split: str, source: str, task: str
-) -> datasets.Dataset:
+def _pick_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str, source: str, task: str) -> datasets.Dataset:
     if isinstance(loaded, datasets.Dataset):
         return loaded
     if split not in loaded:

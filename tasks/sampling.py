@@ -14,9 +14,7 @@ Draw = Callable[[random.Random], Problem | None]
 PATIENCE = 20_000  # draws in a row without a usable problem before the problem space counts as exhausted
 
 
-def draw_split(
-    task: str, draw: Draw, seed: int, eval_size: int, train_size: int
-) -> tuple[list[Problem], list[Problem]]:
+def draw_split(task: str, draw: Draw, seed: int, eval_size: int, train_size: int) -> tuple[list[Problem], list[Problem]]:
     """(train, eval) problems; ``draw`` returns a problem with a ``problem_id`` key, or None to reject.
 
     Eval problems are distinct and drawn first; train problems may repeat but never share an

@@ -126,7 +126,15 @@ def unsloth_cpu_trainer(cfg: Any, *, pad_token: str | None = None, kl: Any = Non
     model = get_peft_model(loaded.model, loaded.peft_config)
     train_ds, eval_ds = prep.task.build(cfg.seed)
     trainer = build_trainer(
-        prep, run, args=args, model=model, tokenizer=loaded.tokenizer, train_ds=train_ds, eval_ds=eval_ds,
-        reward_funcs=funcs, reward_weights=weights, kl=kl,
+        prep,
+        run,
+        args=args,
+        model=model,
+        tokenizer=loaded.tokenizer,
+        train_ds=train_ds,
+        eval_ds=eval_ds,
+        reward_funcs=funcs,
+        reward_weights=weights,
+        kl=kl,
     )
     return trainer, run

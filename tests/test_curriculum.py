@@ -22,10 +22,7 @@ SMALL = {"train_size": 200, "eval_size": 10}
 def countdown_curriculum(window: int = 3, threshold: float = 0.6, **rule) -> CurriculumConfig:
     advance = {"window": window, "threshold": threshold, **rule}
     return CurriculumConfig.model_validate(
-        {
-            "phases": [{"params": {"num_count": n}, "advance": advance} for n in (3, 4, 5)]
-            + [{"params": {"num_count": 6}}]
-        }
+        {"phases": [{"params": {"num_count": n}, "advance": advance} for n in (3, 4, 5)] + [{"params": {"num_count": 6}}]}
     )
 
 
@@ -69,9 +66,7 @@ def rate(p: float):
 
 @pytest.fixture()
 def countdown_source():
-    ds, source = build_train_source(
-        "countdown", SMALL, countdown_curriculum(), ReplayConfig(), seed=7, max_steps=100
-    )
+    ds, source = build_train_source("countdown", SMALL, countdown_curriculum(), ReplayConfig(), seed=7, max_steps=100)
     source.bind(fake_trainer())
     return ds, source
 
@@ -136,8 +131,12 @@ def test_same_index_same_row_within_a_version(countdown_source):
 
 def test_reward_success_mode():
     _, source = build_train_source(
-        "countdown", SMALL, countdown_curriculum(window=2, threshold=1.0, success="reward", min_reward=0.5),
-        ReplayConfig(), seed=1, max_steps=10,
+        "countdown",
+        SMALL,
+        countdown_curriculum(window=2, threshold=1.0, success="reward", min_reward=0.5),
+        ReplayConfig(),
+        seed=1,
+        max_steps=10,
     )
     source.on_scored_batch(scored(source, range(10), rate(1.0)))
     source.on_scored_batch(scored(source, range(10), rate(0.9)))
@@ -329,8 +328,16 @@ def test_trains_and_resumes_with_the_real_trainer(tmp_path, tiny_model_dir):
                 recorder.on_scored_batch(batch)
 
         return build_trainer(
-            prep, run, args=args, model=loaded.model, tokenizer=loaded.tokenizer, peft_config=loaded.peft_config,
-            train_ds=ds, reward_funcs=funcs, reward_weights=weights, callbacks=[source, Hook()],
+            prep,
+            run,
+            args=args,
+            model=loaded.model,
+            tokenizer=loaded.tokenizer,
+            peft_config=loaded.peft_config,
+            train_ds=ds,
+            reward_funcs=funcs,
+            reward_weights=weights,
+            callbacks=[source, Hook()],
         )
 
     ds, source = build_train_source(
@@ -360,4 +367,3 @@ def test_trains_and_resumes_with_the_real_trainer(tmp_path, tiny_model_dir):
     fresh = [r["curriculum_phase"] for b in recorder2.batches for r in b.rows if not r["replayed"]]
     assert fresh and min(fresh) >= saved["phase"]  # fetches continue from the restored phase
     assert resumed.phase == 2
-

@@ -105,9 +105,7 @@ def test_step_one_kl_is_zero_under_unsloths_trainer(tiny_model_dir, tmp_path):
     # beta) are per-token and get used; countdown's are left-padded and realigned.
     raws = [[_one_step(tmp_path, tiny_model_dir, t, padded=False, **{"kl.coef": 0.1}), False] for t in TEMPERATURES]
     # Four prompts a batch over two steps: some batches mix prompt lengths, so some rows are left-padded.
-    check = _one_step(
-        tmp_path, tiny_model_dir, 1.2, **{"trainer.max_steps": 2, "trainer.per_device_train_batch_size": 8}
-    )
+    check = _one_step(tmp_path, tiny_model_dir, 1.2, **{"trainer.max_steps": 2, "trainer.per_device_train_batch_size": 8})
     raws.append([{**check, "name": "alignment"}, True])
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, json.dumps(raws)], cwd=tmp_path, capture_output=True, text=True, timeout=900

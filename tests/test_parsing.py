@@ -387,15 +387,9 @@ nested = st.builds(
 huge_literal = st.builds(
     lambda digits, suffix: "9" * digits + suffix, st.integers(1, 6000), st.sampled_from(["", "+1", "*9", "/3"])
 )
-power_towers = st.builds(
-    lambda n, base: "**".join([base] * n), st.integers(1, 300), st.sampled_from(["9", "99", "(9)", "-9"])
-)
-unary_chains = st.builds(
-    lambda n, op: op * n + "1", st.integers(1, 5000), st.sampled_from(["-", "+", "- ", "~", "not "])
-)
-long_sums = st.builds(
-    lambda n, op: op.join(["7"] * n), st.integers(1, 500), st.sampled_from(["+", "*", "-", "/", " * -"])
-)
+power_towers = st.builds(lambda n, base: "**".join([base] * n), st.integers(1, 300), st.sampled_from(["9", "99", "(9)", "-9"]))
+unary_chains = st.builds(lambda n, op: op * n + "1", st.integers(1, 5000), st.sampled_from(["-", "+", "- ", "~", "not "]))
+long_sums = st.builds(lambda n, op: op.join(["7"] * n), st.integers(1, 500), st.sampled_from(["+", "*", "-", "/", " * -"]))
 hostile = st.one_of(st.text(max_size=500), expression_like, nested, huge_literal, power_towers, unary_chains, long_sums)
 
 
@@ -408,9 +402,7 @@ def timed(fn, *args, **kwargs):
 
 def assert_eval_shape(result):
     assert result is None or (
-        isinstance(result, tuple)
-        and isinstance(result[0], Fraction)
-        and all(type(n) is int and n >= 0 for n in result[1])
+        isinstance(result, tuple) and isinstance(result[0], Fraction) and all(type(n) is int and n >= 0 for n in result[1])
     )
 
 
@@ -474,9 +466,7 @@ def test_safe_eval_agrees_with_fraction_arithmetic(tree):
 @given(tree=trees, spaces=st.sampled_from([" ", "  ", "\n", "\t"]))
 def test_safe_eval_ignores_whitespace_layout(tree, spaces):
     source, value, literals = tree
-    assert safe_eval(source.replace(" ", spaces), allow_div=True, **LOOSE) == (
-        None if value is None else (value, literals)
-    )
+    assert safe_eval(source.replace(" ", spaces), allow_div=True, **LOOSE) == (None if value is None else (value, literals))
 
 
 # --- parse_number ---------------------------------------------------------------------------------

@@ -36,16 +36,28 @@ def make_run(root: Path, *, llc: bool = True, conditions: bool = True) -> Path:
     lines = []
     for s in range(1, 81):
         acc = 0.1 + 0.6 / (1 + np.exp(-(s - 40) / 5))
-        lines.append({"step": s, "kind": "train", "reward": 2 * acc + 0.1 * rng.standard_normal(),
-                      "rewards/correct/mean": acc + 0.05 * rng.standard_normal(),
-                      "rewards/format/mean": acc + 0.05 * rng.standard_normal(), "entropy": 1.0})
+        lines.append(
+            {
+                "step": s,
+                "kind": "train",
+                "reward": 2 * acc + 0.1 * rng.standard_normal(),
+                "rewards/correct/mean": acc + 0.05 * rng.standard_normal(),
+                "rewards/format/mean": acc + 0.05 * rng.standard_normal(),
+                "entropy": 1.0,
+            }
+        )
         if s % 10 == 0:
-            lines.append({"step": s, "kind": "eval", "eval/pass@1": acc, "eval/pass@4": min(1.0, 1.4 * acc),
-                          "eval/greedy_pass@1": acc})
+            lines.append(
+                {"step": s, "kind": "eval", "eval/pass@1": acc, "eval/pass@4": min(1.0, 1.4 * acc), "eval/greedy_pass@1": acc}
+            )
             with (root / "eval" / f"passk-{s}.jsonl").open("w") as f:
                 for p in range(6):
-                    rec = {"step": s, "problem_id": str(p), "correct": [bool(v) for v in rng.random(4) < acc],
-                           "greedy_correct": bool(rng.random() < acc)}
+                    rec = {
+                        "step": s,
+                        "problem_id": str(p),
+                        "correct": [bool(v) for v in rng.random(4) < acc],
+                        "greedy_correct": bool(rng.random() < acc),
+                    }
                     if conditions:
                         rec["condition"] = f"{2 + p % 3} terms"
                     f.write(json.dumps(rec) + "\n")
@@ -99,10 +111,20 @@ def test_windows_read_from_phases_json(tmp_path):
 
 def test_cli(tmp_path):
     run = make_run(tmp_path / "run", conditions=False)
-    out = subprocess.run([sys.executable, str(REPO / "analysis" / "plot_run.py"), "--run", str(run)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "analysis" / "plot_run.py"), "--run", str(run)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert [Path(x).name for x in out.stdout.split()] == ["combined.png", "rewards.png"]
-    bad = subprocess.run([sys.executable, str(REPO / "analysis" / "plot_run.py"), "--run", str(tmp_path / "nope")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "analysis" / "plot_run.py"), "--run", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

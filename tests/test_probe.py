@@ -32,6 +32,7 @@ def tok(tiny_model_dir):
 def make_run(untrained_run_dir, tmp_path):
     """A copy of the (untrained) tiny run with `trainer:` keys changed (None removes a key); returns (run, cfg)."""
     from training_with_unsloth.yaml_reader import yaml_load
+
     count = iter(range(100))
 
     def make(**trainer: Any):

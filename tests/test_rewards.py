@@ -90,9 +90,7 @@ def test_format_tags_weights():
     assert format_tags([None], ["<think>a<answer>b"]) == [0.0]
 
 
-@pytest.mark.parametrize(
-    "completions", both_forms(["12", "The answer is 12.", "-12", "1 + 11 = 12.0", "13", "", "twelve"])
-)
+@pytest.mark.parametrize("completions", both_forms(["12", "The answer is 12.", "-12", "1 + 11 = 12.0", "13", "", "twelve"]))
 def test_last_number_correct(completions):
     n = len(completions)
     result = last_number_correct([None] * n, completions, answer=[12] * n, **TRL_EXTRAS)
@@ -114,9 +112,7 @@ def test_registry_names_and_binding():
     assert required <= set(rewards.names())
     fn = rewards.get("format_tags", think=0.5)
     assert fn.__name__ == "format_tags"
-    assert fn(prompts=[None], completions=[chat("<think>x</think><answer>y</answer>")], **TRL_EXTRAS) == [
-        pytest.approx(0.6)
-    ]
+    assert fn(prompts=[None], completions=[chat("<think>x</think><answer>y</answer>")], **TRL_EXTRAS) == [pytest.approx(0.6)]
     fn = rewards.get("countdown_correct", correct=2.0)
     assert fn(prompts=[None], completions=["<answer>2 * 3</answer>"], nums=[[3, 2]], target=[6], correct=[9]) == [2.0]
 

@@ -86,9 +86,9 @@ HUGE = "x" * 1_000_000
 def test_anomaly_reward(text, expected):
     assert anomaly_reward([text]) == [pytest.approx(expected)]
     assert anomaly_reward([[{"role": "assistant", "content": text}]]) == [pytest.approx(expected)]
-    assert tasks.get("anomaly_free").is_correct(
-        text, {"num_fermions": 5, "max_charge": 10, "given_charges": []}
-    ) == (expected == 10.0)
+    assert tasks.get("anomaly_free").is_correct(text, {"num_fermions": 5, "max_charge": 10, "given_charges": []}) == (
+        expected == 10.0
+    )
 
 
 def test_anomaly_reward_given_charges():

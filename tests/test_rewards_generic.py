@@ -176,9 +176,7 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize(
-    "name", ["format_tags", "xml_count", "numeric", "digits_only", "length_penalty", "gsm8k_correct"]
-)
+@pytest.mark.parametrize("name", ["format_tags", "xml_count", "numeric", "digits_only", "length_penalty", "gsm8k_correct"])
 @pytest.mark.parametrize("completions", both_forms(HOSTILE))
 def test_rewards_never_raise_and_stay_fast(name, completions):
     fn = rewards.get(name)

@@ -100,8 +100,7 @@ def test_gold_is_correct_and_earns_the_top_reward(split):
         "",
     ]
     totals = [
-        sum(w * f(None, [text], answer=[answer])[0] for f, w in zip(funcs, weights, strict=True))
-        for text in [golds[0], *others]
+        sum(w * f(None, [text], answer=[answer])[0] for f, w in zip(funcs, weights, strict=True)) for text in [golds[0], *others]
     ]
     assert totals[0] == pytest.approx(5.0 + 0.5 + 0.25 - 0.002 * len(golds[0]))
     assert all(totals[0] > t for t in totals[1:])

@@ -225,9 +225,7 @@ class PassKEvaluator:
             self.reward_funcs, flat_prompts, flat_texts, flat_rows, completion_ids=flat_ids, trainer_state=trainer_state
         )
         correct = [[bool(self.task.is_correct(t, row)) for t in group] for group, row in zip(samples, rows, strict=True)]
-        greedy_correct = (
-            [bool(self.task.is_correct(g[0], row)) for g, row in zip(greedy, rows, strict=True)] if greedy else None
-        )
+        greedy_correct = [bool(self.task.is_correct(g[0], row)) for g, row in zip(greedy, rows, strict=True)] if greedy else None
         answers = None
         if self._has_answer_key():
             answers = [[self.task.answer_key(t, row) for t in group] for group, row in zip(samples, rows, strict=True)]

@@ -274,8 +274,7 @@ def check_out(out: Path) -> None:
         return
     shown = ", ".join(p.name for p in sorted(out.iterdir())[:5])
     raise UserError(
-        f"--out {out} holds files that are not an evaluation's ({shown}): refusing to write into it; "
-        "name a new or empty folder"
+        f"--out {out} holds files that are not an evaluation's ({shown}): refusing to write into it; name a new or empty folder"
     )
 
 

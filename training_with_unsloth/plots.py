@@ -29,7 +29,9 @@ def _interval_series(records: list[dict], key: str) -> tuple[list[int], list[flo
     for r in records:
         ci = r.get(f"{key}_ci")
         if (
-            isinstance(ci, list | tuple) and len(ci) == 2 and all(_is_number(v) and math.isfinite(v) for v in ci)
+            isinstance(ci, list | tuple)
+            and len(ci) == 2
+            and all(_is_number(v) and math.isfinite(v) for v in ci)
             and _is_number(r.get("step"))
         ):
             pts.append((r["step"], float(ci[0]), float(ci[1])))
@@ -133,8 +135,10 @@ def _passk(plt, name: str, train: list[dict], evals: list[dict]):
         (line,) = ax.plot(*_series(evals, key), "o-", label=key.removeprefix("eval/"))
         _band(ax, evals, key, line)
     # maj@k for k > 1 as dotted lines, without bands (maj@1 is the first sample's verdict: pass@1, noisier)
-    majs = sorted((k for k in _keys(evals, "eval/maj@") if k.split("@")[1].isdigit() and int(k.split("@")[1]) > 1),
-                  key=lambda k: int(k.split("@")[1]))
+    majs = sorted(
+        (k for k in _keys(evals, "eval/maj@") if k.split("@")[1].isdigit() and int(k.split("@")[1]) > 1),
+        key=lambda k: int(k.split("@")[1]),
+    )
     for key in majs:
         ax.plot(*_series(evals, key), "^:", label=key.removeprefix("eval/"))
     gs, gv = _series(evals, "eval/greedy_pass@1")

@@ -211,9 +211,13 @@ class ResearchGRPOTrainer(GRPOTrainer):
         ids = output["completion_ids"]
         mask = output["completion_mask"]
         lengths = [int(x) for x in mask.sum(-1).tolist()]
-        texts = self.processing_class.batch_decode(
-            [row[:length].tolist() for row, length in zip(ids, lengths, strict=True)], skip_special_tokens=True
-        ) if hasattr(self.processing_class, "batch_decode") else [""] * n
+        texts = (
+            self.processing_class.batch_decode(
+                [row[:length].tolist() for row, length in zip(ids, lengths, strict=True)], skip_special_tokens=True
+            )
+            if hasattr(self.processing_class, "batch_decode")
+            else [""] * n
+        )
         return ScoredBatch(
             step=self.state.global_step + 1,
             rows=list(inputs),
@@ -378,9 +382,11 @@ class ResearchGRPOTrainer(GRPOTrainer):
         prompt_ids, _, _ = self._tokenize_prompts(prompts)
         flat = [ids for ids in prompt_ids for _ in range(num_samples)]
         completion_ids: list[list[int]] = []
-        with self._inference_mode(), self._generation_settings(
-            greedy=greedy, temperature=temperature, max_new_tokens=max_new_tokens
-        ), self._streaming(streamer, len(flat)):
+        with (
+            self._inference_mode(),
+            self._generation_settings(greedy=greedy, temperature=temperature, max_new_tokens=max_new_tokens),
+            self._streaming(streamer, len(flat)),
+        ):
             for start in range(0, len(flat), batch_size):
                 chunk = flat[start : start + batch_size]
                 ids, _ = self._generate_single_turn(chunk, None, {}, len(chunk))

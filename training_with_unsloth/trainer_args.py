@@ -173,9 +173,7 @@ def build_checked(config_cls: type, kw: dict[str, Any], *, asked: set[str], unsl
             continue
         if name in asked:
             hint = _HINTS.get(name, f"set trainer.{name}: {got[name]!r} to accept it, or use model.backend: transformers")
-            raise ConfigError(
-                f"trainer.{name}: Unsloth's GRPOConfig changes {want[name]!r} to {got[name]!r}: {hint}"
-            )
+            raise ConfigError(f"trainer.{name}: Unsloth's GRPOConfig changes {want[name]!r} to {got[name]!r}: {hint}")
         setattr(args, name, getattr(expected, name))  # an unset key runs with TRL's default
     still = {n: (want[n], v) for n, v in _values(args, names).items() if v != want[n]}
     if still:

@@ -214,8 +214,7 @@ class TrainSource(ResearchCallback):
         blocked = {i for i, pid in enumerate(ids) if pid in self._eval_ids}
         if len(blocked) == len(ids):
             raise ConfigError(
-                f"curriculum phase {self.phase} ({params}): every training problem is in the eval set: "
-                "widen the phase's ranges"
+                f"curriculum phase {self.phase} ({params}): every training problem is in the eval set: widen the phase's ranges"
             )
         if blocked:
             log.info("curriculum phase %d: %d training rows are eval problems and are skipped", self.phase, len(blocked))
