@@ -22,7 +22,7 @@ from typing import Any
 from training_with_unsloth.checkpoints import AdapterRef, adapter_folder, is_run_dir, parse_spec, resolve
 from training_with_unsloth.config import ExperimentConfig, apply_override, parse_override, validate
 from training_with_unsloth.errors import ConfigError, UserError
-from training_with_unsloth.rundir import RunDir, atomic_write_text, to_json
+from training_with_unsloth.rundir import RunDir, atomic_write_text, file_in_the_way, to_json
 from training_with_unsloth.yaml_reader import read_yaml_mapping
 
 
@@ -266,7 +266,7 @@ def _rows_text(n: int, n_formats: int) -> str:
 def check_out(out: Path) -> None:
     """A UserError unless `out` can hold an evaluation: new, empty, or an evaluation's own folder (its table.csv
     and resolved config.yaml), whose records a rerun replaces. A folder of other files is never written into."""
-    if out.exists() and not out.is_dir():
+    if file_in_the_way(out) is not None:
         raise UserError(f"--out {out} is a file, not a folder: name a folder for the evaluation")
     if not out.is_dir() or not any(out.iterdir()):
         return

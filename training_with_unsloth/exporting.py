@@ -35,7 +35,7 @@ from typing import Any
 from training_with_unsloth.checkpoints import AdapterRef, check_lora_shape
 from training_with_unsloth.config import ExperimentConfig
 from training_with_unsloth.errors import UserError
-from training_with_unsloth.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
+from training_with_unsloth.rundir import RunDir, atomic_write_json, atomic_write_text, file_in_the_way, read_jsonl
 
 
 def trained_dtype(run: RunDir, cfg: ExperimentConfig) -> str:
@@ -52,12 +52,10 @@ def trained_dtype(run: RunDir, cfg: ExperimentConfig) -> str:
 def check_out(out: Path, *, overwrite: bool) -> None:
     """A UserError when `--out` cannot become the export's folder: a file there (or on its path), or a folder that
     is not empty without --overwrite."""
-    for parent in [out, *out.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                where = "--out" if parent == out else f"--out's parent {parent}"
-                raise UserError(f"{where} is a file, not a folder: name a folder for the export (--out {out})")
-            break
+    blocking = file_in_the_way(out)
+    if blocking is not None:
+        where = "--out" if blocking == out else f"--out's parent {blocking}"
+        raise UserError(f"{where} is a file, not a folder: name a folder for the export (--out {out})")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} exists and is not empty: pass --overwrite to replace it, or another --out")
     if out.exists() and any(out.iterdir()) and not (out / "export.json").is_file():

@@ -14,7 +14,7 @@ from training_with_unsloth.config import ExperimentConfig, check_backend, check_
 from training_with_unsloth.errors import ConfigError, UserError
 from training_with_unsloth.models import backends
 from training_with_unsloth.resume import checkpoint_step
-from training_with_unsloth.rundir import RunDir, checkpoint_problem, json_object_or_none
+from training_with_unsloth.rundir import RunDir, checkpoint_problem, file_in_the_way, json_object_or_none
 from training_with_unsloth.schedule import Steps, checkpoint_steps, eval_steps
 from training_with_unsloth.yaml_reader import read_yaml_mapping
 
@@ -113,14 +113,12 @@ def check_output_dir(run: RunDir) -> None:
     too_long = next((part for part in run.path.parts if len(os.fsencode(part)) > limit), None)
     if too_long is not None:
         raise UserError(f"'{too_long[:40]}...' is longer than the {limit} bytes a file name may have here: shorten it")
-    for parent in [run.path, *run.path.parents]:
-        try:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise UserError(f"{parent} is a file, not a folder: output_dir / name must name a folder for the run")
-                break
-        except OSError as exc:
-            raise UserError(f"{run.path}: {exc.strerror}: set output_dir and name to a folder you can write") from None
+    try:
+        blocking = file_in_the_way(run.path)
+    except OSError as exc:
+        raise UserError(f"{run.path}: {exc.strerror}: set output_dir and name to a folder you can write") from None
+    if blocking is not None:
+        raise UserError(f"{blocking} is a file, not a folder: output_dir / name must name a folder for the run")
 
 
 def _dtype(config: dict[str, Any]) -> Any:

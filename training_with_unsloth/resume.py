@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import shutil
@@ -30,6 +29,7 @@ from training_with_unsloth.rundir import (
     atomic_write_json,
     atomic_write_text,
     json_object_or_none,
+    jsonl_lines,
     temp_dir_beside,
     to_json,
 )
@@ -157,20 +157,14 @@ def set_aside_metrics(run: RunDir, step: int, aside: SetAside) -> int:
     kept: list[bytes] = []
     dropped: list[dict[str, Any]] = []
     unreadable: list[bytes] = []
-    with run.metrics.open("rb") as f:
-        for raw in f:
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                record = None
-            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int | float):
-                unreadable.append(raw if raw.endswith(b"\n") else raw + b"\n")
-            elif record.get("step", 0) <= step and record.get("kind") != "summary":
-                kept.append(raw if raw.endswith(b"\n") else raw + b"\n")
-            else:
-                dropped.append(record)
+    for _, raw, record in jsonl_lines(run.metrics):
+        line = raw if raw.endswith(b"\n") else raw + b"\n"
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int | float):
+            unreadable.append(line)
+        elif record.get("step", 0) <= step and record.get("kind") != "summary":
+            kept.append(line)
+        else:
+            dropped.append(record)
     # Written there first: a crash in between leaves the lines in both places, never in neither.
     if dropped:
         aside.write("metrics.jsonl", "".join(to_json(r) + "\n" for r in dropped), "metrics record", len(dropped))

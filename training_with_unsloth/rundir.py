@@ -103,6 +103,21 @@ def atomic_write_json(path: Path, value: Any) -> None:
 _NOTED: set[str] = set()  # files whose skipped lines were already reported (once per process)
 
 
+def jsonl_lines(path: Path) -> Iterator[tuple[int, bytes, Any]]:
+    """(line number, the line's bytes, its JSON value or None where it does not parse) of each non-blank line."""
+    if not path.is_file():
+        return
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw)
+            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+                value = None
+            yield number, raw, value
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, one per line.
 
@@ -110,22 +125,12 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     a JSON object (corrupt text, a bare number or list, bytes that are not UTF-8) is skipped with a note on
     stderr naming the file and the lines, once per file per process.
     """
-    if not path.is_file():
-        return
     bad: list[int] = []
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
-                value = None
-            if isinstance(value, dict):
-                yield value
-            elif raw.endswith(b"\n") or value is not None:
-                bad.append(number)
+    for number, raw, value in jsonl_lines(path):
+        if isinstance(value, dict):
+            yield value
+        elif raw.endswith(b"\n") or value is not None:
+            bad.append(number)
     if bad and str(path) not in _NOTED:
         _NOTED.add(str(path))
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -135,6 +140,15 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             file=sys.stderr,
             flush=True,
         )
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file standing where `folder` (or a folder on its way) would be: the nearest existing one of `folder` and
+    its parents, when that is not a directory; None when the folder exists or can be made. OSError passes on."""
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def ends_mid_line(path: Path) -> bool:
