@@ -1,5 +1,6 @@
-"""Several runs on one step axis: reward, pass@k (95% intervals), KL, entropy and completion length, a table of final
-and best metrics, and a `report.md` with both, ready to paste into a write-up.
+"""Several runs on one step axis: reward, pass@k (95% intervals), KL, entropy, completion length and the LLC (when
+`analysis/llc.py` has run on them), a table of final and best metrics, and a `report.md` with both, ready to paste
+into a write-up.
 
     uv run analysis/compare_runs.py runs/quickstart runs/quickstart-seed7 --out runs/comparisons/qs
     uv run analysis/compare_runs.py runs/qs-s1 runs/qs-s2 runs/lr-s1 runs/lr-s2 --group-by-config
@@ -26,44 +27,22 @@ PANELS = (
     ("kl", "KL(policy || reference)", ("kl/k3", "kl"), "train", "KL (token mean)"),
     ("entropy", "policy entropy", ("entropy",), "train", "nats per token"),
     ("length", "completion length", ("completions/mean_length",), "train", "tokens"),
+    ("llc", "LLC (analysis/llc.csv)", ("llc_mean",), "llc", "LLC"),
 )
 IGNORED_FOR_GROUPS = ("name", "seed")
 
 
 @dataclass
-class RunInfo:
-    path: Path
-    name: str
-    config: dict[str, Any]
-    train: list[dict[str, Any]]
-    evals: list[dict[str, Any]]
-    summary: dict[str, Any] | None
-
-
-@dataclass
 class Group:
     label: str
-    runs: list[RunInfo] = field(default_factory=list)
+    runs: list[Any] = field(default_factory=list)  # analysis.runs.Run
 
 
-def read_run(path: str | Path) -> RunInfo:
-    from training_with_unsloth.errors import UserError
-    from training_with_unsloth.rundir import RunDir
-    from training_with_unsloth.yaml_reader import read_yaml_mapping
+def read_run(path: str | Path) -> Any:
+    """A trained run (config.yaml and metrics.jsonl), read through `analysis.runs`."""
+    from analysis.runs import open_run
 
-    run = RunDir(path)
-    if not run.config.is_file() or not run.metrics.is_file():
-        raise UserError(f"{run.path} is not a trained run directory (config.yaml and metrics.jsonl): pass runs/<name>")
-    records = run.read_metrics()
-    summary = next((r for r in reversed(records) if r.get("kind") == "summary"), None)
-    return RunInfo(
-        run.path,
-        run.path.name,
-        read_yaml_mapping(run.config, what="run's config"),
-        [r for r in records if r.get("kind") == "train"],
-        [r for r in records if r.get("kind") == "eval"],
-        summary,
-    )
+    return open_run(path, metrics=True)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -77,20 +56,20 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(runs: list[RunInfo]) -> dict[str, list[Any]]:
+def config_differences(runs: list[Any]) -> dict[str, list[Any]]:
     """The config keys whose values differ between runs (output_dir left out), with each run's value."""
-    flats = [_flat(r.config) for r in runs]
+    flats = [_flat(r.config_dict) for r in runs]
     keys = sorted({k for f in flats for k in f} - {"output_dir"})
     return {k: [f.get(k) for f in flats] for k in keys if len({repr(f.get(k)) for f in flats}) > 1}
 
 
-def group_runs(runs: list[RunInfo], by_config: bool) -> list[Group]:
+def group_runs(runs: list[Any], by_config: bool) -> list[Group]:
     """One group per run, or (by_config) one per config once `seed` and `name` are set aside."""
     if not by_config:
         return [Group(r.name, [r]) for r in runs]
     groups: dict[str, Group] = {}
     for r in runs:
-        key = repr(sorted((k, repr(v)) for k, v in _flat(r.config).items() if k not in (*IGNORED_FOR_GROUPS, "output_dir")))
+        key = repr(sorted((k, repr(v)) for k, v in _flat(r.config_dict).items() if k not in (*IGNORED_FOR_GROUPS, "output_dir")))
         groups.setdefault(key, Group("")).runs.append(r)
     out = list(groups.values())
     for g in out:
@@ -130,7 +109,7 @@ def group_series(g: Group, key: str, kind: str) -> tuple[list[int], list[float],
     across its runs at the steps every run logged."""
     from training_with_unsloth.intervals import t_interval
 
-    per_run = [series(r.train if kind == "train" else r.evals, key) for r in g.runs]
+    per_run = [_run_series(r, key, kind) for r in g.runs]
     if len(g.runs) == 1:
         s = per_run[0]
         steps = sorted(s)
@@ -148,6 +127,16 @@ def group_series(g: Group, key: str, kind: str) -> tuple[list[int], list[float],
         lows.append(lo)
         highs.append(hi)
     return steps, values, lows, highs
+
+
+def _run_series(run: Any, key: str, kind: str) -> dict[int, float]:
+    """One run's `key`: a train or eval metric, or (kind `llc`) a column of its analysis/llc.csv."""
+    if kind != "llc":
+        return series(run.train if kind == "train" else run.evals, key)
+    table = run.table("llc")
+    if table is None or key not in table.header:
+        return {}
+    return {int(t): float(v) for t, v in zip(table.steps, table.column(key), strict=True) if math.isfinite(v)}
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -178,6 +167,9 @@ def draw(groups: list[Group], out: Path, smooth: int) -> list[Path]:
     axes = overview.subplots(2, 3).ravel()
     colors = {g.label: f"C{i % 10}" for i, g in enumerate(groups)}
     for n, (stem, title, keys, kind, ylabel) in enumerate(PANELS):
+        if kind == "llc" and not any(_run_series(r, keys[0], kind) for g in groups for r in g.runs):
+            axes[n].set_axis_off()  # no run has LLCs yet: no panel, no file
+            continue
         fig = Figure(figsize=(8, 4.5), layout="constrained")
         single = fig.add_subplot()
         drawn = False
@@ -216,7 +208,8 @@ def draw(groups: list[Group], out: Path, smooth: int) -> list[Path]:
             for ax in (single, axes[n]):
                 ax.set_ylim(-0.02, 1.02)
         written.append(save_figure(fig, out / f"{stem}.png", dpi=150))
-    axes[-1].set_axis_off()
+    for ax in axes[len(PANELS) :]:
+        ax.set_axis_off()
     note = (
         "bands: 95% intervals over problems" if all(len(g.runs) == 1 for g in groups) else "bands: 95% t-intervals across seeds"
     )
@@ -297,7 +290,7 @@ def markdown(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(runs: list[RunInfo], groups: list[Group], figures: list[Path], out: Path, command: str) -> Path:
+def report(runs: list[Any], groups: list[Group], figures: list[Path], out: Path, command: str) -> Path:
     from training_with_unsloth.rundir import atomic_write_text
 
     head, rows = table(groups)

@@ -1,6 +1,6 @@
 """Whether an LLC estimate can be trusted: chain values, trace settling, chain agreement, MALA acceptance.
 
-An estimate is the dict `llc.estimate_llc` returns: per-chain LLCs, per-chain loss traces (one
+An estimate is the dict `llc_estimator.estimate_llc` returns: per-chain LLCs, per-chain loss traces (one
 value per SGLD step, burn-in included), the init loss and, where measured, the MALA acceptance rate
 of the sampler's proposal. `health` turns it into (healthy, notes); the notes also carry the
 figures a reader wants beside a healthy number (share of draws below the init loss, acceptance).
@@ -48,7 +48,7 @@ def health(est: dict[str, Any], burn_in: int, max_drift: float) -> tuple[bool, s
     if below is not None and below > MAX_BELOW_INIT:
         problems.append(
             f"{below:.0%} of draws below the init loss: the checkpoint is no minimum of the probe loss "
-            "(use the checkpoint's own completions, --probe self)"
+            "(score completions it writes itself: --probe-from this step, or --probe self)"
         )
     acceptance = est.get("mala_acceptance")
     if not math.isfinite(est["llc_mean"]):

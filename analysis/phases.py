@@ -77,6 +77,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from analysis.runs import Run, to_number  # noqa: E402
 from training_with_unsloth.cli import command_name, run_main  # noqa: E402
 from training_with_unsloth.errors import UserError  # noqa: E402
 from training_with_unsloth.rundir import RunDir, atomic_write_text  # noqa: E402
@@ -377,23 +378,6 @@ def _closest(name: str, options: Iterable[str]) -> str:
     return f"; available: {shown}" + (" ..." if len(options) > 8 else "") if options else "; no columns available"
 
 
-def to_number(text) -> float:
-    """A CSV/JSON cell as a float: numbers, 'true'/'false', numeric strings; anything else is NaN."""
-    if text is None:
-        return math.nan
-    if isinstance(text, bool):
-        return float(text)
-    if isinstance(text, int | float):
-        return float(text)
-    text = str(text).strip()
-    if text.lower() in ("true", "false"):
-        return float(text.lower() == "true")
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
 def read_csv_columns(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows of a CSV file (SeriesError when it is missing or has no header)."""
     path = Path(path)
@@ -451,72 +435,50 @@ def _ci_sigma(interval) -> float:
 
 
 def run_columns(run: RunDir | str | Path) -> dict[str, str]:
-    """Every series a run dir offers, as {column: source}, source in {'train', 'eval', 'llc'}."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    out: dict[str, str] = {}
-    llc = run.analysis / "llc.csv"
-    if llc.is_file():
-        header, _ = read_csv_columns(llc)
-        for h in header:
-            if h not in ("step", "healthy", "notes"):
-                out[h] = "llc"
-    for rec in run.read_metrics():
-        kind = rec.get("kind")
-        if kind not in ("train", "eval"):
-            continue
-        for key, v in rec.items():
-            if key in ("step", "kind", "time") or key in out:
-                continue
-            if isinstance(v, int | float) and not isinstance(v, bool) or v is None:
-                out[key] = kind
-    return out
+    """Every series a run dir offers, as {column: source}: 'train', 'eval' or a per-checkpoint table's name."""
+    return _as_run(run).columns()
+
+
+def _as_run(run: RunDir | str | Path) -> Run:
+    return Run(run.path if isinstance(run, RunDir) else run)
 
 
 def load_run_series(run: RunDir | str | Path, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a run's `column`: an analysis/llc.csv column, or a train/eval metric."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    """(steps, values) of a run's `column`: a column of a per-checkpoint table (analysis/*.csv), or a train/eval metric."""
+    run = _as_run(run)
     if not run.path.is_dir():
         raise SeriesError(f"no such run directory: {run.path}")
-    cols = run_columns(run)
+    cols = run.columns()
     if column not in cols:
         raise SeriesError(f"column {column!r} not found in {run.path}{_closest(column, cols)}")
-    if cols[column] == "llc":
-        return load_csv_series(run.analysis / "llc.csv", column, step_column="step")
-    steps, values = [], []
-    for rec in run.read_metrics():
-        if rec.get("kind") == cols[column] and column in rec and "step" in rec:
-            steps.append(to_number(rec["step"]))
-            values.append(to_number(rec[column]))
-    return np.array(steps, dtype=float), np.array(values, dtype=float)
+    s = run.column_series(column)
+    return s.steps, s.values
 
 
 def load_run_series_std(run: RunDir | str | Path, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
     """(steps, values, std, how) of a run's `column` with each point's own standard deviation.
 
-    An analysis/llc.csv `llc_mean...` column uses the matching `llc_std...` column; an eval metric
-    uses half the width of its `<metric>_ci` interval / 1.96 (a 95% interval); anything else, or a
-    series with no usable std, gives std None. `how` says which sigma that is, for printing.
+    A table's `llc_mean...` column uses the matching `llc_std...` column of the same table; an eval
+    metric uses half the width of its `<metric>_ci` interval / 1.96 (a 95% interval); anything else, or
+    a series with no usable std, gives std None. `how` says which sigma that is, for printing.
     """
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = _as_run(run)
     steps, values = load_run_series(run, column)
-    source = run_columns(run)[column]
+    source = run.columns()[column]
     std = None
     how = "noise estimated from the residuals"
-    if source == "llc" and "llc_mean" in column:
-        std_col = column.replace("llc_mean", "llc_std")
-        header, _ = read_csv_columns(run.analysis / "llc.csv")
-        if std_col in header:
-            std = load_csv_series(run.analysis / "llc.csv", std_col, step_column="step")[1]
-            how = f"per-point {std_col} (analysis/llc.csv)"
+    if source not in ("train", "eval") and "llc_mean" in column:
+        table = run.table(source)
+        std_col = column.removeprefix(f"{source}/").replace("llc_mean", "llc_std")
+        if std_col in table.header:
+            values_all = table.column(column.removeprefix(f"{source}/"))
+            std = table.column(std_col)[np.isfinite(values_all)]
+            how = f"per-point {std_col} (analysis/{source}.csv)"
     elif source == "eval":
-        std = np.array(
-            [
-                _ci_sigma(rec.get(f"{column}_ci"))
-                for rec in run.read_metrics()
-                if rec.get("kind") == "eval" and column in rec and "step" in rec
-            ],
-            dtype=float,
-        )
+        s = run.series(column, "eval")
+        if s.low is not None:
+            std = np.array([_ci_sigma([lo, hi]) for lo, hi in zip(s.low, s.high, strict=True)], dtype=float)
+            steps, values = s.steps, s.values
         how = f"per-point {column}_ci half-width / 1.96"
     if std is not None and not np.any(np.isfinite(std) & (std > 0)):
         std, how = None, "noise estimated from the residuals (no usable per-point std)"

@@ -36,16 +36,8 @@ from matplotlib.patches import Patch
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from analysis.phases import (  # noqa: E402
-    DEFAULT_RUN_COLUMNS,
-    SeriesError,
-    Window,
-    detect_windows,
-    read_csv_columns,
-    read_phases_json,
-    smooth_series,
-    to_number,
-)
+from analysis.phases import DEFAULT_RUN_COLUMNS, SeriesError, Window, detect_windows, read_phases_json, smooth_series  # noqa: E402
+from analysis.runs import Run, Series  # noqa: E402
 from training_with_unsloth.cli import command_name, run_main  # noqa: E402
 from training_with_unsloth.errors import UserError  # noqa: E402
 from training_with_unsloth.plots import save_figure  # noqa: E402
@@ -59,17 +51,6 @@ WINDOW_COLORS = ("#f4a261", "#8ecae6", "#b5e48c", "#cdb4db", "#ffd166", "#e5989b
 
 
 # ---------------------------------------------------------------------------------------- data
-@dataclass
-class Series:
-    steps: np.ndarray
-    values: np.ndarray
-    low: np.ndarray | None = None  # the 95% interval at each step (NaN where none was logged), if any was
-    high: np.ndarray | None = None
-
-    def __bool__(self) -> bool:
-        return self.steps.size > 0
-
-
 @dataclass
 class LLCTable:
     steps: np.ndarray
@@ -90,55 +71,23 @@ class RunData:
     windows: list[Window]
 
 
-def _series(records: list[dict], key: str) -> Series:
-    pts = sorted((float(r["step"]), to_number(r[key])) for r in records if key in r and "step" in r)
-    pts = [p for p in pts if math.isfinite(p[1])]
-    return Series(np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
-
-
-def _with_interval(records: list[dict], key: str, s: Series) -> Series:
-    """`s` with the `[low, high]` intervals logged as `<key>_ci` attached (unchanged when none was)."""
-    cis: dict[float, tuple[float, float]] = {}
-    for r in records:
-        ci = r.get(f"{key}_ci")
-        if "step" in r and isinstance(ci, list) and len(ci) == 2:
-            cis[float(r["step"])] = (to_number(ci[0]), to_number(ci[1]))
-    if not cis:
-        return s
-    low = np.array([cis.get(float(t), (math.nan, math.nan))[0] for t in s.steps])
-    high = np.array([cis.get(float(t), (math.nan, math.nan))[1] for t in s.steps])
-    return Series(s.steps, s.values, low, high)
-
-
-def read_llc(run: RunDir) -> LLCTable | None:
+def read_llc(run: Run) -> LLCTable | None:
     """analysis/llc.csv as arrays (None when the file is missing or has no llc_mean column)."""
-    path = run.analysis / "llc.csv"
-    if not path.is_file():
+    table = run.table("llc")
+    if table is None or "llc_mean" not in table.header:
         return None
-    try:
-        header, rows = read_csv_columns(path)
-    except SeriesError:
-        return None
-    if "step" not in header or "llc_mean" not in header:
-        return None
-    rows = sorted((r for r in rows if math.isfinite(to_number(r.get("step")))), key=lambda r: to_number(r["step"]))
-
-    def col(name: str) -> np.ndarray:
-        return np.array([to_number(r.get(name)) for r in rows], dtype=float)
-
-    healthy = np.array([str(r.get("healthy", "True")).strip().lower() not in ("false", "0", "no") for r in rows], dtype=bool)
-    std = col("llc_std") if "llc_std" in header else np.zeros(len(rows))
+    std = table.column("llc_std") if "llc_std" in table.header else np.zeros(len(table.rows))
     groups = {}
-    for h in header:
+    for h in table.header:
         m = re.fullmatch(r"llc_mean\[(.+)\]", h)
         if m:
             g = m.group(1)
-            gstd = col(f"llc_std[{g}]") if f"llc_std[{g}]" in header else np.zeros(len(rows))
-            groups[g] = (col(h), gstd)
-    return LLCTable(col("step"), col("llc_mean"), std, healthy, groups)
+            gstd = table.column(f"llc_std[{g}]") if f"llc_std[{g}]" in table.header else np.zeros(len(table.rows))
+            groups[g] = (table.column(h), gstd)
+    return LLCTable(table.steps, table.column("llc_mean"), std, table.flags("healthy"), groups)
 
 
-def read_conditions(run: RunDir) -> tuple[dict[str, Series], dict[str, Series]]:
+def read_conditions(run: Run) -> tuple[dict[str, Series], dict[str, Series]]:
     """Per-condition sample accuracy and greedy accuracy over steps from eval/passk-*.jsonl ({} if no conditions)."""
     acc: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     greedy: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -175,26 +124,22 @@ def _natural_key(text: str):
 
 def load_run(run_dir: str | Path | RunDir, *, detect: bool = True) -> RunData:
     """Everything the figures need from a run directory."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    records = run.read_metrics()
-    train = [r for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
+    run = Run(run_dir.path if isinstance(run_dir, RunDir) else run_dir)
     rewards: dict[str, Series] = {}
-    if s := _series(train, "reward"):
+    if s := run.series("reward", "train"):
         rewards["total"] = s
-    for key in sorted({k for r in train for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
-        if s := _series(train, key):
+    for key in sorted({k for r in run.train for k in r if k.startswith("rewards/") and k.endswith("/mean")}):
+        if s := run.series(key, "train"):
             rewards[key.removeprefix("rewards/").removesuffix("/mean")] = s
     passk: dict[str, Series] = {}
-    keys = sorted({k for r in evals for k in r if re.fullmatch(r"eval/pass@\d+", k)}, key=lambda k: int(k.split("@")[1]))
+    keys = sorted({k for r in run.evals for k in r if re.fullmatch(r"eval/pass@\d+", k)}, key=lambda k: int(k.split("@")[1]))
     for key in keys:
-        if s := _series(evals, key):
-            passk[key.removeprefix("eval/")] = _with_interval(evals, key, s)
-    if s := _series(evals, "eval/greedy_pass@1"):
-        passk["greedy pass@1"] = _with_interval(evals, "eval/greedy_pass@1", s)
-    llc = read_llc(run)
+        if s := run.series(key, "eval"):
+            passk[key.removeprefix("eval/")] = s
+    if s := run.series("eval/greedy_pass@1", "eval"):
+        passk["greedy pass@1"] = s
     conditions, conditions_greedy = read_conditions(run)
-    data = RunData(run.path.resolve().name, llc, rewards, passk, conditions, conditions_greedy, [])
+    data = RunData(run.name, read_llc(run), rewards, passk, conditions, conditions_greedy, [])
     if detect:
         found = read_phases_json(run)
         data.windows = found if found is not None else detect_all(data)

@@ -122,7 +122,7 @@ def _llc(w: Work) -> list[str]:
     return w.script(
         "analysis/llc.py", "--run", str(w.run("float16")), "--checkpoints", str(STEPS_TRAINED), "--probe", "reference",
         "--num-probes", "2", "--chains", "1", "--draws", "4", "--burn-in", "2", "--mala-steps", "0", "--no-calibrate",
-        "--no-figure", "--device", DEVICE,
+        "--no-figure", "--no-robustness", "--device", DEVICE,
     )  # fmt: skip
 
 
@@ -419,12 +419,15 @@ def step_llc(w: Work) -> None:
     result("f.llc_mean", value, finite=math.isfinite(value), nonzero=value != 0)
     import torch
 
-    from analysis.llc import Settings, build_run_probe, load_model, load_run, swap_adapter
+    from analysis.llc_estimator import Settings
+    from analysis.per_checkpoint import Context
+    from analysis.run_probe import run_probe
+    from analysis.runs import open_run
 
-    run, cfg = load_run(w.run("float16"))
-    model, tokenizer = load_model(cfg, DEVICE, run)
-    swap_adapter(model, run.adapter_dir(STEPS_TRAINED))
-    probe = build_run_probe(run, cfg, model, tokenizer, Settings(probe="reference", num_probes=2), DEVICE)
+    ctx = Context(open_run(w.run("float16"), checkpoints=True), DEVICE)
+    cfg, model = ctx.cfg, ctx.model
+    ctx.swap(STEPS_TRAINED)
+    probe = run_probe(ctx, Settings(probe="reference", num_probes=2))
     ids = probe.dataset()[:2]["input_ids"].to(DEVICE)
     loss = probe.loss_fn()(model, ids).mean()
     loss.backward()

@@ -21,6 +21,7 @@ CONFIGS = REPO / "experiment_configs"
 SCRIPTS = {
     "grpo-train": "experiments.run_experiment:main",
     "grpo-llc": "analysis.llc:main",
+    "grpo-adapter-norms": "analysis.adapter_norms:main",
     "grpo-phases": "analysis.phases:main",
     "grpo-plot": "analysis.plot_run:main",
     "grpo-compare": "analysis.compare_evals:main",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import yaml
 
 from analysis import compare_runs
@@ -54,6 +55,23 @@ def test_group_by_config_averages_seeds_with_a_t_interval(tmp_path):
     assert (lows[0], highs[0]) == t_interval([0.3, 0.4, 0.35])
     assert compare_runs.main([*(str(tmp_path / r.name) for r in runs), "--group-by-config", "--out", str(tmp_path / "g")]) == 0
     assert "t-intervals across them" in (tmp_path / "g" / "report.md").read_text()
+    assert not (tmp_path / "g" / "llc.png").exists()  # no run has LLCs: no LLC figure
+
+
+def test_llcs_of_seeds_are_drawn_as_a_band(tmp_path):
+    runs = []
+    for name, seed, shift in (("qs-s1", 1, 0.0), ("qs-s2", 2, 0.3), ("qs-s3", 3, 0.1)):
+        _write_run(tmp_path / name, seed=seed, lr=1e-4, shift=shift)
+        (tmp_path / name / "analysis").mkdir()
+        rows = "".join(f"{s},{3.0 - 0.1 * s + shift},0.1,True\n" for s in (1, 5, 10))
+        (tmp_path / name / "analysis" / "llc.csv").write_text("step,llc_mean,llc_std,healthy\n" + rows)
+        runs.append(compare_runs.read_run(tmp_path / name))
+    (group,) = compare_runs.group_runs(runs, by_config=True)
+    steps, values, lows, highs = compare_runs.group_series(group, "llc_mean", "llc")
+    assert steps == [1, 5, 10] and math.isclose(values[0], 2.9 + 0.4 / 3)
+    assert (lows[0], highs[0]) == pytest.approx(t_interval([2.9, 3.2, 3.0]))
+    assert compare_runs.main([*(str(tmp_path / r.name) for r in runs), "--group-by-config", "--out", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "llc.png").is_file()
 
 
 def test_t_interval_matches_the_t_table():
@@ -64,4 +82,4 @@ def test_t_interval_matches_the_t_table():
 
 def test_not_a_run_is_one_line(tmp_path, capsys):
     assert compare_runs.main([str(tmp_path)]) == 2
-    assert "is not a trained run directory" in capsys.readouterr().err
+    assert "is not a run directory (no config.yaml)" in capsys.readouterr().err

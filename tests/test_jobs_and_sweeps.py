@@ -237,3 +237,9 @@ def test_two_local_workers_share_the_study_and_run_each_setting_once(tmp_path, t
     complete = sorted(t.params["trainer.learning_rate"] for t in study.trials if t.state.name == "COMPLETE")
     assert complete == [1e-3, 1e-2]
     assert "2 of 2 trials complete" in (sweep.dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiment_configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweep_files_validate(path):
+    sweep = Sweep(path)  # keys, values and base experiment checked, nothing run
+    assert sweep.cfg.seeds and sweep.base.is_file()

@@ -4,7 +4,7 @@ A regular model has learning coefficient d/2 (d parameters). Linear-Gaussian reg
 y = x . w + b + noise (noise N(0, sigma^2) with sigma known) is one: its negative log-likelihood is
 exactly quadratic in (w, b), so the tempered posterior SGLD samples is Gaussian and
 n_beta * (E[L] - L(w*)) = d/2 up to the localization pull and the step-size error. The estimate
-runs through `llc.estimate_llc`, the function `llc.estimate` runs on a run's probe set: the same
+runs through `llc_estimator.estimate_llc`, the function `llc_estimator.estimate` runs on a run's probe set: the same
 devinterp call, `loss_fn(model, input_ids) -> (batch, length - 1)` convention (the mean over a row
 is that row's negative log-likelihood), n_beta default (batch / ln batch) and parameter masks by
 name, as `lora_groups` gives for the LoRA weights.
@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from analysis import llc
+from analysis import llc_estimator as llc
 
 N = 1024  # samples; one full batch, so n_beta = n / ln n (llc.py's default) and the SGLD gradient is exact
 K = 5  # features; nn.Linear(K, 1) with its bias: d = K + 1 = 6 parameters

@@ -10,8 +10,11 @@ import pytest
 import torch
 import yaml
 
-from analysis import llc
+from analysis.llc_estimator import Settings
+from analysis.per_checkpoint import Context, load_model
 from analysis.probe import build_probe
+from analysis.run_probe import run_probe
+from analysis.runs import open_run
 
 PROMPTS = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "What is 13 + 29?"}]]
 LONG = " ".join(str(i) for i in range(100, 160))  # well over 64 tokens
@@ -45,9 +48,15 @@ def make_run(untrained_run_dir, tmp_path):
             else:
                 raw["trainer"][key] = value
         (dst / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        return llc.load_run(dst)
+        run = open_run(dst, checkpoints=True)
+        return run, run.validated()
 
     return make
+
+
+def probe_for(run, model, tokenizer, settings):
+    """The run's probe for `settings`, built with an already-loaded model."""
+    return run_probe(Context(run, "cpu", loaded=(model, tokenizer)), settings)
 
 
 def targets(probe, i: int) -> list[int]:
@@ -96,11 +105,11 @@ def test_reference_probe_uses_the_runs_completion_length(make_run, monkeypatch, 
     import tasks
 
     long = ids(tok, LONG)
-    settings = llc.Settings(num_probes=2, batch_size=2, probe="reference")
+    settings = Settings(num_probes=2, batch_size=2, probe="reference")
     run, cfg = make_run(max_completion_length=100)
     monkeypatch.setattr(type(tasks.get(cfg.task.name, **cfg.task.params)), "gold", lambda self, row: LONG)
-    model, tokenizer = llc.load_model(cfg, "cpu")
-    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    model, tokenizer = load_model(cfg, "cpu")
+    probe = probe_for(run, model, tokenizer, settings)
     assert len(long) > 100
     assert all(targets(probe, i) == long[:100] for i in range(2))  # not 64, and no eos after a cut
     assert probe.ended == [False, False]
@@ -109,7 +118,7 @@ def test_reference_probe_uses_the_runs_completion_length(make_run, monkeypatch, 
 
     run, cfg = make_run(max_completion_length=None)  # absent: TRL's default budget
     assert grpo_defaults(["max_completion_length"])["max_completion_length"] > len(long)
-    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    probe = probe_for(run, model, tokenizer, settings)
     assert all(targets(probe, i) == [*long, tok.eos_token_id] for i in range(2))
     assert probe.ended == [True, True]
 
@@ -135,12 +144,12 @@ def processors(monkeypatch):
 def test_rollouts_sample_with_the_runs_sampler_not_the_models_defaults(make_run, processors):
     from transformers.generation import logits_process as lp
 
-    settings = llc.Settings(num_probes=2, batch_size=2, probe="rollouts")
+    settings = Settings(num_probes=2, batch_size=2, probe="rollouts", probe_from=(4,))
     run, cfg = make_run(max_completion_length=4, temperature=0.7)
-    model, tokenizer = llc.load_model(cfg, "cpu")
+    model, tokenizer = load_model(cfg, "cpu")
     gen = model.generation_config  # the model's own defaults, as Qwen ships them (top_k 20, top_p 0.8, ...) but harsher
     gen.top_k, gen.top_p, gen.repetition_penalty = 1, 0.1, 2.0
-    llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    probe_for(run, model, tokenizer, settings)
     (used,) = processors
     kinds = {type(p) for p in used}
     assert not kinds & {lp.TopKLogitsWarper, lp.TopPLogitsWarper, lp.RepetitionPenaltyLogitsProcessor}, used
@@ -151,7 +160,7 @@ def test_rollouts_sample_with_the_runs_sampler_not_the_models_defaults(make_run,
     run, cfg = make_run(
         max_completion_length=4, top_k=5, top_p=0.9, repetition_penalty=1.3, generation_kwargs={"no_repeat_ngram_size": 2}
     )
-    llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    probe_for(run, model, tokenizer, settings)
     (used,) = processors
     by_kind = {type(p): p for p in used}
     assert by_kind[lp.TopKLogitsWarper].top_k == 5 and by_kind[lp.TopPLogitsWarper].top_p == pytest.approx(0.9)
@@ -174,20 +183,20 @@ class FakeGenerate:
 
 
 def test_rollouts_keep_where_each_completion_ended(make_run, monkeypatch, tok):
-    settings = llc.Settings(num_probes=2, batch_size=2, probe="rollouts")
+    settings = Settings(num_probes=2, batch_size=2, probe="rollouts", probe_from=(4,))
     run, cfg = make_run(max_completion_length=5)
-    model, tokenizer = llc.load_model(cfg, "cpu")
+    model, tokenizer = load_model(cfg, "cpu")
     token = ids(tok, "x")[0]
     fake = FakeGenerate(tok, token)
     monkeypatch.setattr(model, "generate", fake)
 
     # a rollouts file from before `ended` was recorded is resampled, not trusted
-    path = run.analysis / f"probe-rollouts-{run.adapter_steps()[-1]}.jsonl"
+    path = run.analysis / f"probe-rollouts-{run.adapter_steps()[-1]}-n2-d0.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     prompts = _eval_prompts(cfg, 2)
     path.write_text("".join(json.dumps({"step": 4, "prompt": p, "completion": "x"}) + "\n" for p in prompts))
 
-    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    probe = probe_for(run, model, tokenizer, settings)
     assert len(fake.calls) == 1
     assert targets(probe, 0) == [token, token, tok.eos_token_id]  # stopped on eos: the eos is scored
     assert targets(probe, 1) == [token] * 5  # ran to max_new_tokens: no eos appended
@@ -196,7 +205,7 @@ def test_rollouts_keep_where_each_completion_ended(make_run, monkeypatch, tok):
     assert [r["ended"] for r in saved] == [True, False]
     assert [r["completion_ids"] for r in saved] == [[token, token], [token] * 5]
 
-    again = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")  # the new file is reused as is
+    again = probe_for(run, model, tokenizer, settings)  # the new file is reused as is
     assert len(fake.calls) == 1 and torch.equal(again.input_ids, probe.input_ids) and again.ended == probe.ended
 
 
@@ -208,20 +217,20 @@ def _eval_prompts(cfg, n: int) -> list:
 
 
 def test_chat_template_kwargs_reach_the_template(make_run, monkeypatch, tok):
-    settings = llc.Settings(num_probes=2, batch_size=2, probe="reference")
+    settings = Settings(num_probes=2, batch_size=2, probe="reference")
     run, cfg = make_run(max_completion_length=5, chat_template_kwargs={"probe_marker": True})
-    model, tokenizer = llc.load_model(cfg, "cpu")
+    model, tokenizer = load_model(cfg, "cpu")
     tokenizer.chat_template = MARKER_TEMPLATE
     marker = "MARKER-SET"
     assert marker not in tokenizer.apply_chat_template(PROMPTS[0], tokenize=False, add_generation_prompt=True)
 
-    probe = llc.build_run_probe(run, cfg, model, tokenizer, settings, "cpu")
+    probe = probe_for(run, model, tokenizer, settings)
     for i, (start, _) in enumerate(probe.spans):
         prompt = tokenizer.decode(probe.input_ids[i, : start + 1])
         assert marker in prompt and prompt.endswith("<|im_start|>assistant\n")  # add_generation_prompt
 
     fake = FakeGenerate(tok, ids(tok, "x")[0])
     monkeypatch.setattr(model, "generate", fake)
-    llc.build_run_probe(run, cfg, model, tokenizer, llc.Settings(num_probes=2, batch_size=2, probe="rollouts"), "cpu")
+    probe_for(run, model, tokenizer, Settings(num_probes=2, batch_size=2, probe="rollouts", probe_from=(4,)))
     (sent,) = fake.calls
     assert all(marker in tokenizer.decode(row, skip_special_tokens=True) for row in sent)

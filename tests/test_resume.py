@@ -304,3 +304,26 @@ def test_a_resume_with_no_loadable_checkpoint_changes_nothing(trained, tmp_path,
     assert "holds no complete trainer checkpoint (checkpoint-4: trainer_state.json is unreadable" in message
     assert "start again with --overwrite" in message
     assert digest(run.path) == before, "config.yaml, metrics, env.json and checkpoints untouched"
+
+
+def test_every_per_checkpoint_table_is_trimmed_at_the_resume_step(tmp_path):
+    """Any analysis/*.csv with a step column loses its later rows to the abandoned folder; training names none of them."""
+    run = RunDir(tmp_path / "run")
+    write_llc(run, [1, 2, 3, 4])
+    (run.analysis / "adapter_norms.csv").write_text("step,delta_norm\n1,0.1\n3,0.3\n")
+    (run.analysis / "my_statistic.csv").write_text("step,value,notes\n2,1.0,a\n4,2.0,b\n")
+    (run.analysis / "summary.csv").write_text("metric,value\nx,1\n")  # no step column: not a per-checkpoint table
+    (run.analysis / "my_statistic_settings.json").write_text("{}")
+    (run.analysis / "probe-rollouts-4-n4-d1.jsonl").write_text("{}\n")
+    atomic_write_json(run.analysis / "traces" / "llc_alt_lr-step-4.json", {"step": 4})
+    aside = resume.new_set_aside(run)
+    assert resume.set_aside_table_rows(run, 2, aside) == 2 + 1 + 1
+    resume.set_aside_step_files(run, 2, aside)
+    assert llc_steps(run.analysis / "llc.csv") == [1, 2] and llc_steps(aside.folder / "analysis" / "llc.csv") == [3, 4]
+    assert llc_steps(run.analysis / "adapter_norms.csv") == [1]
+    assert llc_steps(aside.folder / "analysis" / "my_statistic.csv") == [4]
+    assert (run.analysis / "my_statistic.csv").read_text().splitlines() == ["step,value,notes", "2,1.0,a"]
+    assert (run.analysis / "summary.csv").read_text() == "metric,value\nx,1\n"
+    assert (aside.folder / "analysis" / "probe-rollouts-4-n4-d1.jsonl").is_file()
+    assert (aside.folder / "analysis" / "traces" / "llc_alt_lr-step-4.json").is_file()
+    assert resume.stale_analysis(run) == ["llc_traces.png", "summary.csv"]

@@ -273,14 +273,14 @@ def test_output_dir_that_is_a_file_or_a_name_too_long_for_the_file_system(tmp_pa
 @pytest.mark.parametrize("text", ["trainer: [unclosed\n", "- just\n- a list\n", ""])
 def test_a_run_whose_config_is_not_a_mapping_is_one_line_for_every_reader(tmp_path, text):
     from analysis.compare_runs import read_run
-    from analysis.llc import load_run
+    from analysis.runs import open_run
     from training_with_unsloth.evaluations import read_run_config
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     run.config.write_text(text)
     run.metrics.write_text('{"step": 1, "kind": "train"}\n')
-    for read in (read_run_config, lambda r: read_run(r.path), lambda r: load_run(r.path)):
+    for read in (read_run_config, lambda r: read_run(r.path), lambda r: open_run(r.path)):
         with pytest.raises(ConfigError, match=r"config.yaml: ") as info:
             read(run)
         assert "\n" not in str(info.value)

@@ -2,9 +2,10 @@
 
 A run resumed from `trainer/checkpoint-<s>` redoes every step after s. What the interrupted run wrote for
 those steps (adapter snapshots, Pass@K files, completion logs, later trainer checkpoints, metrics records,
-LLC rows and traces) is moved to `abandoned/<UTC time>/` under the same relative paths, so that nothing of
-the abandoned trajectory is mixed into the resumed one and nothing written is lost. `checkpoints/best/` is
-put back to the best adapter as of step s, from the copy each trainer checkpoint keeps of it.
+the rows of every per-checkpoint table in `analysis/` and their traces) is moved to `abandoned/<UTC time>/`
+under the same relative paths, so that nothing of the abandoned trajectory is mixed into the resumed one and
+nothing written is lost. `checkpoints/best/` is put back to the best adapter as of step s, from the copy each
+trainer checkpoint keeps of it.
 
 Light on imports (no torch or transformers): the trainer and the callbacks import it too.
 """
@@ -39,7 +40,6 @@ RESEARCH_STATE_FILE = "research_state.json"  # in each trainer/checkpoint-<step>
 # The copy of checkpoints/best/ kept in each trainer checkpoint. Nested one level deeper on purpose: transformers
 # loads every direct subfolder of a checkpoint holding adapter weights as an extra adapter instead of the trained one.
 BEST_COPY = Path("research") / "best"
-_ANALYSIS_KEPT = ("llc.csv", "llc_settings.json")  # analysis files a resume edits itself or that hold no steps
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:
@@ -176,32 +176,40 @@ def set_aside_metrics(run: RunDir, step: int, aside: SetAside) -> int:
     return len(dropped)
 
 
-def set_aside_llc_rows(run: RunDir, step: int, aside: SetAside) -> int:
-    """Rewrite `analysis/llc.csv` without the rows of steps after `step`; those go to the abandoned llc.csv."""
-    path = run.analysis / "llc.csv"
-    if not path.is_file():
+def set_aside_table_rows(run: RunDir, step: int, aside: SetAside) -> int:
+    """Rewrite every `analysis/*.csv` with a `step` column without the rows of steps after `step`; those rows go
+    to the same file under the abandoned folder. Whatever analysis wrote the table, training never names it."""
+    if not run.analysis.is_dir():
         return 0
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns, rows = list(reader.fieldnames or []), list(reader)
-    kept: list[dict[str, str]] = []
-    later: list[dict[str, str]] = []
-    for r in rows:
-        s = _int(r.get("step"))
-        (later if s is not None and s > step else kept).append(r)
-    if not later:
-        return 0
+    moved = 0
+    for path in sorted(run.analysis.glob("*.csv")):
+        try:
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                columns, rows = list(reader.fieldnames or []), list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue  # not a table we can read: left as it is, listed as stale analysis
+        if "step" not in columns:
+            continue
+        kept: list[dict[str, str]] = []
+        later: list[dict[str, str]] = []
+        for r in rows:
+            s = _int(r.get("step"))
+            (later if s is not None and s > step else kept).append(r)
+        if not later:
+            continue
 
-    def table(part: list[dict[str, str]]) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(part)
-        return buf.getvalue()
+        def table(part: list[dict[str, str]], columns: list[str] = columns) -> str:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(part)
+            return buf.getvalue()
 
-    aside.write("analysis/llc.csv", table(later), "LLC row", len(later))
-    atomic_write_text(path, table(kept))
-    return len(later)
+        aside.write(f"analysis/{path.name}", table(later), f"{path.stem} row", len(later))
+        atomic_write_text(path, table(kept))
+        moved += len(later)
+    return moved
 
 
 def _int(value: Any) -> int | None:
@@ -322,8 +330,21 @@ def stale_analysis(run: RunDir) -> list[str]:
         return []
     return sorted(
         p.name for p in run.analysis.iterdir()
-        if p.is_file() and p.name not in _ANALYSIS_KEPT and not p.name.startswith((".", "probe-rollouts-"))
+        if p.is_file() and not _trimmed_or_stepless(p) and not p.name.startswith((".", "probe-rollouts-"))
     )  # fmt: skip
+
+
+def _trimmed_or_stepless(path: Path) -> bool:
+    """A table the resume trims itself (a CSV with a step column), or a settings file, which holds no steps."""
+    if path.name.endswith("_settings.json"):
+        return True
+    if path.suffix != ".csv":
+        return False
+    try:
+        with path.open(newline="") as f:
+            return "step" in (next(csv.reader(f), None) or [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
 
 
 def _summary(checkpoint: str, aside: SetAside, changes: dict[str, dict[str, Any]]) -> str:
@@ -352,7 +373,7 @@ def resume_run(
     step = checkpoint_step(checkpoint)
     aside = new_set_aside(run)
     set_aside_metrics(run, step, aside)
-    set_aside_llc_rows(run, step, aside)
+    set_aside_table_rows(run, step, aside)
     set_aside_step_files(run, step, aside)
     best_note = restore_best(run, checkpoint, step, aside)
     changes = update_config(run, config_text, config, aside)

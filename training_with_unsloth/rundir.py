@@ -342,8 +342,8 @@ class RunDir:
             ("eval", self.eval_dir, r"passk-(\d+)\.jsonl"),
             ("completions", self.completions, r"(\d+)(?:\.rank\d+)?\.jsonl"),
             ("trainer checkpoint", self.trainer, r"checkpoint-(\d+)"),
-            ("LLC trace", self.analysis / "traces", r"step-(\d+)\.json"),
-            ("probe rollouts", self.analysis, r"probe-rollouts-(\d+)\.jsonl"),
+            ("analysis trace", self.analysis / "traces", r"(?:[a-z_]+-)?step-(\d+)\.json"),
+            ("probe rollouts", self.analysis, r"probe-rollouts-(\d+)(?:-n\d+)?(?:-d\d+)?\.jsonl"),
         )
         found = []
         for kind, folder, pattern in patterns:
