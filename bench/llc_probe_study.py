@@ -72,7 +72,8 @@ def main() -> int:
                            "chain_std": est["llc_std"], "per_chain": est["per_chain"], "healthy": ok,
                            "below_init": below_init(est["trace"], s.burn_in, est["init_loss"]),
                            "mala": est["mala_acceptance"], "seconds": round(seconds, 1), "probe_hash": probe_hash(probe),
-                           "lr": s.lr, "chains": s.chains, "burn_in": s.burn_in, "draws": s.draws, "notes": why}  # fmt: skip
+                           "lr": s.lr, "chains": s.chains, "burn_in": s.burn_in, "draws": s.draws, "notes": why,
+                           "init_loss": est["init_loss"], "trace": est["trace"]}  # fmt: skip
                     records.append(rec)
                     state = "healthy" if ok else "UNHEALTHY"
                     print(f"{source:9s} n={size} draw {draw} step {step:>3}: llc {rec['llc']:.3f} +- {rec['chain_std']:.3f} "

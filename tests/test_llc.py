@@ -190,6 +190,9 @@ def test_health_checks():
     assert not ok and "chains disagree (std 60% of the mean" in why
     ok, why = E.health(_est([5.0], [settled], mala=0.2), s)
     assert ok and "MALA acceptance 0.20 (low: approximate posterior" in why
+    destroyed = [1.0, 9.0] + [9.5 + 0.001 * (-1) ** i for i in range(16)]  # settled, but 8.5 nats above the checkpoint
+    ok, why = E.health(_est([24.5, 24.5], [destroyed, destroyed]), s)
+    assert not ok and "8.5 nats per token above" in why and "left the checkpoint's basin" in why
     below = [1.0, 0.95] + [0.9 + 0.001 * (-1) ** i for i in range(16)]
     ok, why = E.health(_est([5.0], [below]), s)
     assert not ok and "100% of draws below the init loss" in why and "--probe self" in why
