@@ -134,9 +134,7 @@ def _run_series(run: Any, key: str, kind: str) -> dict[int, float]:
     if kind != "llc":
         return series(run.train if kind == "train" else run.evals, key)
     table = run.table("llc")
-    if table is None or key not in table.header:
-        return {}
-    return {int(t): float(v) for t, v in zip(table.steps, table.column(key), strict=True) if math.isfinite(v)}
+    return table.by_step(key) if table is not None else {}
 
 
 def _smooth(values: list[float], window: int) -> list[float]:

@@ -229,8 +229,7 @@ def llc_across_runs(args: argparse.Namespace, device: str) -> int:
     (`analysis/across_seeds.py` finds the runs and aggregates)."""
     from analysis.across_seeds import BESIDE, aggregate, check_same_config, default_out, find_runs, metric
     from analysis.figures import plot_across_runs
-    from analysis.per_checkpoint import read_rows, write_rows
-    from analysis.runs import to_number
+    from analysis.per_checkpoint import write_rows
     from training_with_unsloth.errors import UserError
 
     runs = find_runs(args.runs)
@@ -247,9 +246,7 @@ def llc_across_runs(args: argparse.Namespace, device: str) -> int:
         if settings is not None:
             settings = replace(settings, probe_from=base_settings(args, run).probe_from)
         settings = one_run(run, args, device, settings=settings)
-    per_run = {
-        r.name: {int(row["step"]): to_number(row.get("llc_mean")) for row in read_rows(r.analysis / "llc.csv")} for r in runs
-    }
+    per_run = {r.name: r.table("llc").by_step("llc_mean") for r in runs}
     rows = aggregate(per_run)
     table = [
         {"step": a["step"], "llc_mean": a["mean"], "llc_std": a["sem"], "llc_sd": a["sd"], "llc_low": a["low"],

@@ -17,29 +17,9 @@ from typing import Any
 
 from analysis.llc_estimator import Settings, estimate, health, lora_groups, settings_record
 from analysis.per_checkpoint import write_rows
+from analysis.run_probe import ProbeSource
 
 LR_GRID = (3e-5, 1e-4, 3e-4, 1e-3)
-
-
-class ProbeSource:
-    """The probe each checkpoint is measured on: built once (`reference`, `rollouts`) or per checkpoint (`self`)."""
-
-    def __init__(self, ctx: Any, settings: Settings):
-        from analysis.run_probe import run_probe
-
-        self._ctx, self._settings = ctx, settings
-        self._fixed = None if settings.probe == "self" else run_probe(ctx, settings)
-
-    def at(self, step: int) -> Any:
-        """The probe for checkpoint `step` (sampling its completions first for `self`)."""
-        from analysis.run_probe import run_probe
-
-        return self._fixed if self._fixed is not None else run_probe(self._ctx, self._settings, step)
-
-    def describe(self) -> str:
-        if self._fixed is not None:
-            return f"{self._fixed.input_ids.shape[0]} x {self._fixed.input_ids.shape[1]} tokens, the same for every checkpoint"
-        return f"{self._settings.num_probes} held-out prompts, completions sampled from each checkpoint"
 
 
 def calibrate(

@@ -32,8 +32,6 @@ class Settings:
             object.__setattr__(self, "batch_size", self.num_probes)
         if self.n_beta is None:
             object.__setattr__(self, "n_beta", self.batch_size / math.log(self.batch_size) if self.batch_size > 1 else 1.0)
-        if isinstance(self.probe_from, list):
-            object.__setattr__(self, "probe_from", tuple(self.probe_from))
 
     lr: float = 1e-4
     n_beta: float | None = None  # None: batch_size / ln(batch_size), devinterp's usual default

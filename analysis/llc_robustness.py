@@ -55,10 +55,8 @@ def alternatives(settings: Any, eval_rows: int) -> dict[str, Any]:
     return out
 
 
-def _values(rows: Sequence[dict[str, Any]], steps: Sequence[int]) -> list[float]:
-    from analysis.runs import to_number
-
-    by_step = {int(r["step"]): to_number(r.get("llc_mean")) for r in rows}
+def _values(table: Any, steps: Sequence[int]) -> list[float]:
+    by_step = table.by_step("llc_mean") if table is not None else {}
     return [by_step.get(s, math.nan) for s in steps]
 
 
@@ -66,15 +64,17 @@ def robustness(ctx: Any, settings: Any, steps: list[int], *, force: bool = False
     """Recompute the curve at the alternative settings, compare ranks, write `llc_robustness.{json,png}`, print a line."""
     from analysis.figures import plot_robustness
     from analysis.llc_statistic import llc_over_run
-    from analysis.per_checkpoint import read_rows
     from training_with_unsloth.rundir import atomic_write_json
 
     run = ctx.run
-    alts = alternatives(settings, _eval_size(ctx))
-    main = _values(read_rows(run.analysis / "llc.csv"), steps)
+    from analysis.runs import read_table
+
+    alts = alternatives(settings, len(ctx.held_out))
+    main = _values(run.table("llc"), steps)
     curves = {"llc": (steps, main)}
     for name, alt in alts.items():
-        curves[name] = (steps, _values(llc_over_run(ctx, alt, steps, force=force, name=name), steps))
+        llc_over_run(ctx, alt, steps, force=force, name=name)
+        curves[name] = (steps, _values(read_table(run.analysis / f"{name}.csv"), steps))
     rho = {name: spearman(main, curves[name][1]) for name in alts}
     first_last = abs(main[-1] - main[0]) if len(main) > 1 and all(map(math.isfinite, (main[0], main[-1]))) else math.nan
     probe_gap = None
@@ -95,13 +95,6 @@ def robustness(ctx: Any, settings: Any, steps: list[int], *, force: bool = False
     print(robustness_line(record))
     print(f"wrote {run.analysis / 'llc_robustness.json'} and {figure}")
     return record
-
-
-def _eval_size(ctx: Any) -> int:
-    import tasks
-
-    cfg = ctx.cfg
-    return len(tasks.get(cfg.task.name, **cfg.task.params).build(cfg.seed)[1])
 
 
 def robustness_line(record: dict[str, Any]) -> str:

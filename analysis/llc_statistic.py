@@ -18,17 +18,15 @@ class LLCStatistic:
 
     def __init__(self, settings: Settings, name: str = "llc", grouping: str | None = None):
         self.name, self.grouping, self.llc_settings = name, grouping, settings
-        self._fixed: Any = None
+        self._probes: Any = None
 
     def probe(self, ctx: Any, step: int | None = None) -> Any:
         """The probe: built once for the run (`rollouts`, `reference`), or per checkpoint (`self`)."""
-        from analysis.run_probe import run_probe
+        from analysis.run_probe import ProbeSource
 
-        if self.llc_settings.probe == "self":
-            return run_probe(ctx, self.llc_settings, step)
-        if self._fixed is None:
-            self._fixed = run_probe(ctx, self.llc_settings)
-        return self._fixed
+        if self._probes is None:
+            self._probes = ProbeSource(ctx, self.llc_settings)
+        return self._probes.at(step)
 
     def settings(self, ctx: Any) -> dict[str, Any]:
         from analysis.run_probe import probe_hash
@@ -41,7 +39,6 @@ class LLCStatistic:
         from training_with_unsloth.rundir import atomic_write_json
 
         probe = self.probe(ctx, step)
-        ctx.swap(step)  # the self probe samples from this checkpoint, a fixed one may have swapped another in
         groups = lora_groups(ctx.model, self.grouping)
         ests = {g: estimate(ctx.model, probe, masks, self.llc_settings, ctx.device) for g, masks in groups.items()}
         row = row_for(ests, self.llc_settings)

@@ -21,6 +21,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,6 +69,14 @@ class Context:
         if self._loaded is None:
             self._loaded = load_model(self.cfg, self.device, self.run)
         return self._loaded
+
+    @cached_property
+    def held_out(self) -> list[Any]:
+        """The run's held-out problems (its task's eval split), built once."""
+        import tasks
+
+        task = tasks.get(self.cfg.task.name, **self.cfg.task.params)
+        return list(task.build(self.cfg.seed)[1])
 
     def swap(self, step: int) -> None:
         """Load checkpoint `step`'s LoRA weights into the model (nothing when it is already there)."""
@@ -129,17 +138,6 @@ def swap_adapter(model: Any, adapter_dir: Path) -> None:
 # ----------------------------------------------------------------------------- tables
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a per-checkpoint CSV ([] when it does not exist)."""
-    if not path.is_file():
-        return []
-    try:
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read {path}: {exc}: delete it to recompute it") from None
-
-
 def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Rows sorted by step, every column any row has, written atomically."""
     from training_with_unsloth.rundir import atomic_write_text
@@ -182,7 +180,10 @@ def for_each_checkpoint(
         raise UserError(f"--checkpoints {missing}: no such adapter checkpoints; the run has {available}")
     ctx = context or Context(run, device)
     settings = statistic.settings(ctx)
-    existing = read_rows(csv_path)
+    from analysis.runs import read_table
+
+    table = read_table(csv_path)
+    existing = table.rows if table is not None else []
     recorded = read_json_object(
         settings_path, remedy=f"delete it (and {csv_path.name}, whose settings it records) to start afresh"
     )

@@ -1,7 +1,8 @@
 """The probe a run's LLCs are measured on: which prompts, which completions, and its hash.
+`ProbeSource` holds it: built once for the run, or per checkpoint for `self`.
 
-`run_probe(ctx, settings)` builds it from the run's task and sampler (`analysis/probe.py` does
-the tokenization and the loss):
+`run_probe(ctx, settings)` builds it from the run's task and sampler (`analysis/probe.py` does the
+tokenization and the loss):
 
 - prompts: `num_probes` held-out problems of the run's eval split, draw `probe_draw` (draw k takes
   problems k*n .. (k+1)*n - 1, so draws are disjoint);
@@ -24,13 +25,8 @@ from training_with_unsloth.errors import UserError
 
 def probe_prompts(ctx: Any, settings: Any) -> list[Any]:
     """The prompts of probe draw `settings.probe_draw`: held-out problems k*n .. (k+1)*n - 1 of the eval split."""
-    import tasks
-
-    cfg = ctx.cfg
-    task = tasks.get(cfg.task.name, **cfg.task.params)
-    _, eval_ds = task.build(cfg.seed)
     n, k = settings.num_probes, settings.probe_draw
-    rows = list(eval_ds)
+    rows = ctx.held_out
     if len(rows) < (k + 1) * n:
         raise UserError(
             f"probe draw {k} of {n} prompts needs {(k + 1) * n} held-out problems; the run's eval split has {len(rows)}: "
@@ -131,3 +127,20 @@ def cached_rollouts(records: list[dict], prompts: list, sampler: dict[str, Any],
             return None
         out.append(Rollout(text, tuple(ids), end))
     return out
+
+
+class ProbeSource:
+    """The probe each checkpoint is measured on: built once (`reference`, `rollouts`) or per checkpoint (`self`)."""
+
+    def __init__(self, ctx: Any, settings: Any):
+        self._ctx, self._settings = ctx, settings
+        self._fixed = None if settings.probe == "self" else run_probe(ctx, settings)
+
+    def at(self, step: int | None) -> Any:
+        """The probe for checkpoint `step` (sampling its completions first for `self`)."""
+        return self._fixed if self._fixed is not None else run_probe(self._ctx, self._settings, step)
+
+    def describe(self) -> str:
+        if self._fixed is not None:
+            return f"{self._fixed.input_ids.shape[0]} x {self._fixed.input_ids.shape[1]} tokens, the same for every checkpoint"
+        return f"{self._settings.num_probes} held-out prompts, completions sampled from each checkpoint"

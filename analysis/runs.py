@@ -83,6 +83,12 @@ class Table:
             out.append(default if cell in (None, "") else str(cell).strip().lower() not in ("false", "0", "no"))
         return np.array(out, dtype=bool)
 
+    def by_step(self, name: str) -> dict[int, float]:
+        """A column as {step: value}, finite values only ({} when the column is missing)."""
+        if name not in self.header:
+            return {}
+        return {int(t): float(v) for t, v in zip(self.steps, self.column(name), strict=True) if math.isfinite(v)}
+
     def numeric_columns(self) -> list[str]:
         return [h for h in self.header if h not in TABLE_TEXT_COLUMNS]
 
@@ -193,11 +199,10 @@ class Run(RunDir):
         taken is `<table>/<column>` (e.g. `calibration/llc_mean`).
         """
         out: dict[str, str] = {}
-        names = self.tables()
-        for name in sorted(names, key=lambda n: n != "llc"):
-            table = self.table(name)
-            for h in table.numeric_columns() if table else []:
-                out[h if h not in out else f"{name}/{h}"] = name
+        tables = [read_table(p) for p in sorted(self.analysis.glob("*.csv"))] if self.analysis.is_dir() else []
+        for table in sorted((t for t in tables if t is not None), key=lambda t: t.name != "llc"):
+            for h in table.numeric_columns():
+                out[h if h not in out else f"{table.name}/{h}"] = table.name
         for kind in ("train", "eval"):
             for key in self.metric_keys(kind):
                 out.setdefault(key, kind)
